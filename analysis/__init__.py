@@ -1,0 +1,1 @@
+"""Analysis of finished studies: MLflow runs to pandas tables and plots."""

@@ -1,0 +1,1 @@
+"""symstudy: ablation studies of parameter symmetries and mode connectivity."""
