@@ -1,0 +1,49 @@
+"""BatchNorm recalibration: the recorded policy for evaluating interpolated weights (science.md §4).
+
+Running statistics at an interpolated θ(t) are meaningless (neither endpoint's statistics describe the
+activations of the new weights), so before every evaluation they are reset and recomputed as an exact average
+over one pass of clean, un-augmented training data (``momentum=None``), then the net is evaluated in eval mode.
+Nets without BatchNorm (LayerNorm/GroupNorm/no norm) need nothing and are left untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+POLICY = "reset+exact-average over one clean pass of the training data, then eval mode"
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return bool(batchnorm_layers(model))
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, inputs: Tensor, *, batch_size: int = 1024) -> bool:
+    """Recompute BN running statistics of ``model`` on ``inputs`` (floats in [0, 1]); True if it had any BN.
+
+    The model is left in eval mode. ``momentum=None`` makes PyTorch keep the cumulative average of the
+    per-batch statistics, i.e. their exact mean over the pass (equal batches, so only a short last batch is
+    weighted slightly more than its size).
+    """
+    layers = batchnorm_layers(model)
+    model.eval()
+    if not layers:
+        return False
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    model.train()
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start:start + batch_size])
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.eval()
+    return True
