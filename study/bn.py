@@ -9,6 +9,8 @@ Nets without BatchNorm (LayerNorm/GroupNorm/no norm) need nothing and are left u
 from __future__ import annotations
 
 import torch
+from collections.abc import Iterable
+
 from torch import Tensor, nn
 
 POLICY = "reset+exact-average over one clean pass of the training data, then eval mode"
@@ -23,8 +25,10 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recalibrate(model: nn.Module, inputs: Tensor, *, batch_size: int = 1024) -> bool:
-    """Recompute BN running statistics of ``model`` on ``inputs`` (floats in [0, 1]); True if it had any BN.
+def recalibrate(model: nn.Module, inputs: Tensor | Iterable[Tensor], *, batch_size: int = 1024) -> bool:
+    """Recompute BN running statistics of ``model`` on ``inputs`` (floats in [0, 1], a tensor split into
+    ``batch_size`` chunks or an iterable of batches, so big data sets need not be materialised as floats);
+    True if the model had any BN.
 
     The model is left in eval mode. ``momentum=None`` makes PyTorch keep the cumulative average of the
     per-batch statistics, i.e. their exact mean over the pass (equal batches, so only a short last batch is
@@ -40,8 +44,9 @@ def recalibrate(model: nn.Module, inputs: Tensor, *, batch_size: int = 1024) -> 
         layer.momentum = None
     model.train()
     try:
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start:start + batch_size])
+        batches = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
+        for batch in batches:
+            model(batch)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum

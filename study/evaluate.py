@@ -1,0 +1,126 @@
+"""Loss and accuracy of a model on one split, clean or under a PGD attack.
+
+One function serves both so that clean and robust numbers are computed the same way (same batching, same
+reduction, same eval mode). Sums stay on the device and are read once at the end: evaluation runs dozens of
+times per trial (every epoch, every point of a path), and a per-batch ``.item()`` would stall a GPU each batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from study import bn
+from study.attacks import AttackConfig, pgd
+from study.data import Dataset
+from study.paths import Path
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    *,
+    batch_size: int = 1024,
+    attack: AttackConfig | None = None,
+    generator: torch.Generator | None = None,
+    max_samples: int | None = None,
+) -> dict:
+    """``{"loss": mean cross-entropy, "acc": accuracy, "n": samples}`` of ``model`` on ``split`` in eval mode.
+
+    With an enabled ``attack`` each batch is replaced by its PGD examples first (``generator`` seeds the random
+    start). ``max_samples`` evaluates only the first samples of the split (a cheap, deterministic subset).
+    The model's previous train/eval mode is restored. An empty split gives NaN loss and accuracy.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    n = data.size(split) if max_samples is None else min(max_samples, data.size(split))
+    attacking = attack is not None and not attack.disabled
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum = torch.zeros((), device=data.device)
+        correct = torch.zeros((), dtype=torch.int64, device=data.device)
+        for start in range(0, n, batch_size):
+            x, y = data.batch(split, slice(start, min(start + batch_size, n)))
+            if attacking:
+                x = pgd(model, x, y, attack, generator=generator)
+            with torch.no_grad():
+                logits = model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(dim=1) == y).sum()
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    totals = torch.stack([loss_sum.double(), correct.double()]).tolist()  # the one host sync
+    return {"loss": totals[0] / n, "acc": totals[1] / n, "n": n}
+
+
+def clean_batches(data: Dataset, split: str, batch_size: int, max_samples: int | None = None) -> Iterator[Tensor]:
+    """Un-augmented inputs of ``split`` in order, one batch at a time (for BN recalibration)."""
+    n = data.size(split) if max_samples is None else min(max_samples, data.size(split))
+    for start in range(0, n, batch_size):
+        yield data.batch(split, slice(start, min(start + batch_size, n)))[0]
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Copy interpolated parameters into ``model`` in place (buffers stay: they are the architecture)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(weights[name])
+
+
+def path_profile(
+    model: nn.Module,
+    path: Path,
+    data: Dataset,
+    *,
+    points: int = 25,
+    splits: Sequence[str] = ("train", "test"),
+    attack: AttackConfig | None = None,
+    robust_splits: Sequence[str] = ("test",),
+    batch_size: int = 1024,
+    max_samples: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Loss and accuracy at ``points`` uniformly spaced t along ``path``, one row per t.
+
+    ``model`` supplies the architecture and its fixed buffers (it is copied, never modified). At each t the
+    interpolated weights are loaded, BN statistics are recomputed on clean training data (the recorded policy,
+    see :mod:`study.bn`), then each split is evaluated clean and, with an enabled ``attack``, under PGD
+    (``robust_*`` columns). ``segment_length`` is ‖θ(t_i) − θ(t_{i−1})‖ for arc-length-weighted metrics.
+    """
+    if points < 3:
+        raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
+    work = copy.deepcopy(model).to(data.device)
+    generator = torch.Generator(device=data.device).manual_seed(int(seed))
+    attacking = attack is not None and not attack.disabled
+    rows, previous = [], None
+    for i, t in enumerate(torch.linspace(0.0, 1.0, points).tolist()):
+        with torch.no_grad():
+            weights = {k: v.detach() for k, v in path.weights(t).items()}
+        load_weights(work, weights)
+        bn.recalibrate(work, clean_batches(data, "train", batch_size))
+        row: dict[str, float] = {"t": t}
+        for split in splits:
+            result = evaluate(work, data, split, batch_size=batch_size, max_samples=max_samples)
+            row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
+        for split in robust_splits if attacking else ():
+            result = evaluate(work, data, split, batch_size=batch_size, attack=attack, generator=generator,
+                              max_samples=max_samples)
+            row[f"robust_{split}_loss"], row[f"robust_{split}_acc"] = result["loss"], result["acc"]
+        row["segment_length"] = 0.0 if previous is None else math.sqrt(
+            sum(float((weights[k] - previous[k]).double().pow(2).sum()) for k in weights))
+        previous = weights
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, points)
+    return pd.DataFrame(rows)

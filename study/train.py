@@ -1,0 +1,360 @@
+"""The one training loop: endpoints now, path ("curve") modules later.
+
+It is generic over any ``nn.Module`` that maps a batch of [0, 1] inputs to logits, so a curve module whose
+forward samples a point on a path trains with the same code; ``extra_loss`` and ``parameters`` are the two hooks
+such a module needs (its own weight-norm term, and training only the bends).
+
+Two properties matter more than speed tricks here:
+- Reproducibility: data order, augmentation and attack starts all come from one ``torch.Generator`` seeded
+  with ``seed`` on the data's device, so the same recipe and seed on CPU gives bit-identical weights.
+- No host stalls: losses and accuracies are summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Parameter
+from torch.optim.lr_scheduler import LambdaLR
+
+from study.attacks import AttackConfig, pgd
+from study.data import Dataset
+from study.evaluate import evaluate
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+# Offsets the robust-evaluation generator's seed from the training generator's, so the attack's random
+# starts at evaluation time neither consume nor mirror the training stream.
+_EVAL_SEED_OFFSET = 0x9E3779B97F4A7C15
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss; raised so a sweep can record the trial as failed, not hang on NaNs."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about how a model is trained, except the model, the data and the seed.
+
+    ``to_dict`` is JSON-safe and stable (numbers normalised to float/int, a disabled attack stored as ``None``)
+    because it is hashed to identify trained endpoints. Notes on fields:
+    - ``momentum``/``nesterov`` apply to SGD only; AdamW uses its default betas (nesterov=True with AdamW is
+      rejected rather than silently ignored).
+    - ``warmup_epochs`` may be fractional; ``step_milestones`` are fractions of all training steps.
+    - ``attack``: Madry adversarial training, the loss is computed on PGD examples only (drawn in train mode,
+      without touching BatchNorm running statistics). ``AttackConfig(eps=0)`` is normalised to ``None``.
+    - ``bf16`` autocasts forward passes to bfloat16 on CUDA only; on CPU it is ignored.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    attack: AttackConfig | None = None
+    augment: bool = True
+    bf16: bool = True
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        def set_(name: str, value: Any) -> None:  # normalised values on a frozen dataclass
+            object.__setattr__(self, name, value)
+
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        set_("lr", _check_number("lr", self.lr, low=0, low_open=True))
+        set_("momentum", _check_number("momentum", self.momentum, low=0, high=1, high_open=True))
+        set_("weight_decay", _check_number("weight_decay", self.weight_decay, low=0))
+        set_("warmup_epochs", _check_number("warmup_epochs", self.warmup_epochs, low=0, high=self.epochs))
+        set_("step_gamma", _check_number("step_gamma", self.step_gamma, low=0, high=1, low_open=True))
+        set_("label_smoothing", _check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True))
+        for name in ("nesterov", "augment", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Recipe.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError(
+                f"Recipe.nesterov=True needs optimizer='sgd' with momentum > 0, got optimizer={self.optimizer!r}, "
+                f"momentum={self.momentum!r}"
+            )
+        set_("step_milestones", _check_milestones(self.step_milestones))
+        if self.attack is not None and not isinstance(self.attack, AttackConfig):
+            raise ValueError(f"Recipe.attack must be an AttackConfig or None, got {self.attack!r}")
+        if self.attack is not None and self.attack.disabled:
+            set_("attack", None)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
+        """Build from a plain mapping (YAML/JSON/search space); ``attack`` may be a nested mapping."""
+        _reject_unknown_keys("Recipe", d, [f.name for f in fields(cls)])
+        kwargs = dict(d)
+        attack = kwargs.get("attack")
+        if isinstance(attack, Mapping):
+            _reject_unknown_keys("Recipe.attack", attack, [f.name for f in fields(AttackConfig)])
+            kwargs["attack"] = AttackConfig(**attack)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict that ``from_dict`` turns back into an equal recipe."""
+        d = asdict(self)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """The trained model (same object as passed in, left in eval mode) and one metrics dict per epoch."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """LR multiplier as a function of the optimizer step (0-based): linear warmup, then constant/step/cosine.
+
+    Per step rather than per epoch so that short runs (a few epochs on a toy set) still get a smooth cosine and
+    fractional warmups. Warmup ramps ``1/W, 2/W, ..., 1``; the cosine then decays from 1 towards 0 over the
+    remaining steps (the last step's factor is small but positive); step decay multiplies by ``step_gamma`` at
+    each milestone (a fraction of all steps).
+    """
+    total = recipe.epochs * steps_per_epoch
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    milestones = [round(m * total) for m in recipe.step_milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "constant":
+            return 1.0
+        if recipe.schedule == "step":
+            return recipe.step_gamma ** sum(step >= m for m in milestones)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked; a no-op elsewhere (CPU bf16 is slow and changes results)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    seed: int,
+    device: torch.device | str | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    extra_loss: Callable[[], Tensor] | None = None,
+    parameters: Iterable[Parameter] | None = None,
+    before_step: Callable[[], None] | None = None,
+    validate: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``data``'s train split with ``recipe``; evaluate on val after every epoch.
+
+    ``device`` defaults to the data's device; data and model are moved there. ``extra_loss()`` is added to each
+    step's loss (evaluated outside autocast, in full precision). ``parameters`` restricts what is optimised
+    (default: all of the model's parameters that require grad); weight decay applies to all of them.
+    ``before_step()`` runs before each minibatch (a curve draws its t there, so a PGD attack on the batch
+    attacks the same θ(t) that is trained). ``validate=False`` skips the per-epoch val pass (a curve's val
+    metrics at one random t mean little).
+    ``callback`` gets each epoch's metrics dict, which is also appended to ``history``: ``epoch, step, lr``
+    (the LR of the epoch's last step), ``train_loss, train_acc`` (running averages of the optimised cross-entropy
+    over the epoch, on PGD examples under an attack, with label smoothing), ``val_loss, val_acc``,
+    ``val_robust_loss, val_robust_acc`` (with an attack), ``train_objective`` (with ``extra_loss``), ``seconds``
+    (wall time of the epoch, validation included). The model is left in eval mode.
+    Raises ``DivergenceError`` when an epoch's loss is not finite.
+    """
+    device = torch.device(device) if device is not None else data.device
+    data = data.to(device)
+    model.to(device)
+    n = data.size("train")
+    if n == 0:
+        raise ValueError(f"data set {data.name!r} has an empty train split")
+    params = [p for p in (model.parameters() if parameters is None else parameters) if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: all of them have requires_grad=False")
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    optimizer = _make_optimizer(params, recipe)
+    scheduler = LambdaLR(optimizer, lr_schedule(recipe, steps_per_epoch))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eval_generator = torch.Generator(device=device).manual_seed((seed + _EVAL_SEED_OFFSET) % 2**63)
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, recipe.epochs + 1):
+        start = time.perf_counter()
+        sums, lr = _train_epoch(model, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
+        train_loss, train_acc, train_objective = (s / n for s in sums.tolist())  # the epoch's one host sync
+        if not math.isfinite(train_objective):
+            raise DivergenceError(
+                f"training diverged in epoch {epoch}/{recipe.epochs}: mean train objective is {train_objective} "
+                f"(optimizer={recipe.optimizer!r}, lr={recipe.lr:g}, warmup_epochs={recipe.warmup_epochs:g}); "
+                f"try a lower lr (e.g. {recipe.lr / 10:g}) or a warmup"
+            )
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+        }
+        if extra_loss is not None:
+            metrics["train_objective"] = train_objective
+        if validate:
+            metrics.update(_validate(model, data, recipe, device, eval_generator))
+        metrics["seconds"] = time.perf_counter() - start
+        logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        history.append(metrics)
+        if callback is not None:
+            callback(metrics)
+    model.eval()
+    return TrainResult(model=model, history=history)
+
+
+def _train_epoch(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    generator: torch.Generator,
+    extra_loss: Callable[[], Tensor] | None,
+    before_step: Callable[[], None] | None,
+) -> tuple[Tensor, float]:
+    """One pass over the train split in a seeded random order.
+
+    Returns device-side sums ``[cross-entropy, correct, objective]`` over samples (read by the caller once) and
+    the LR used by the last step.
+    """
+    model.train()
+    n, device = data.size("train"), data.device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    lr = optimizer.param_groups[0]["lr"]
+    for index in torch.randperm(n, generator=generator, device=device).split(recipe.batch_size):
+        x, y = data.batch("train", index, augment=recipe.augment, generator=generator)
+        if before_step is not None:
+            before_step()
+        with mixed_precision(device, recipe.bf16):
+            if recipe.attack is not None:
+                x = pgd(model, x, y, recipe.attack, generator=generator)
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        objective = loss + extra_loss() if extra_loss is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        batch = y.shape[0]
+        correct = (logits.detach().argmax(dim=1) == y).sum().double()
+        sums += torch.stack([loss.detach().double() * batch, correct, objective.detach().double() * batch])
+    return sums, lr
+
+
+def _validate(
+    model: nn.Module, data: Dataset, recipe: Recipe, device: torch.device, generator: torch.Generator
+) -> dict[str, float]:
+    """Clean val metrics, plus robust ones under the training attack when there is one."""
+    runs = {"val": None} if recipe.attack is None else {"val": None, "val_robust": recipe.attack}
+    out: dict[str, float] = {}
+    with mixed_precision(device, recipe.bf16):
+        for prefix, attack in runs.items():
+            result = evaluate(model, data, "val", batch_size=recipe.eval_batch_size, attack=attack, generator=generator)
+            out[f"{prefix}_loss"], out[f"{prefix}_acc"] = result["loss"], result["acc"]
+    return out
+
+
+def _make_optimizer(params: list[Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+# --- validation helpers -------------------------------------------------------------------------------------------
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """Return ``value`` (as float unless ``integer``) or raise a ValueError naming it and the allowed range."""
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    kind = "an integer" if integer else "a number"
+    types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types):
+        hint = " (note: YAML reads 1e-3 as a string; write 1.0e-3)" if isinstance(value, str) else ""
+        raise ValueError(f"Recipe.{name} must be {kind} in {interval}, got {value!r} ({type(value).__name__}){hint}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+        raise ValueError(f"Recipe.{name} must be {kind} in {interval}, got {value!r}")
+    return value if integer else float(value)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = _did_you_mean(value, allowed)
+        raise ValueError(f"Recipe.{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
+
+
+def _check_milestones(milestones: Any) -> tuple[float, ...]:
+    """Milestones as a tuple of strictly increasing fractions in (0, 1) (lists from YAML become tuples)."""
+    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable):
+        raise ValueError(f"Recipe.step_milestones must be a sequence of fractions in (0, 1), got {milestones!r}")
+    values = tuple(
+        _check_number("step_milestones[]", m, low=0, high=1, low_open=True, high_open=True) for m in milestones
+    )
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"Recipe.step_milestones must be strictly increasing, got {list(values)}")
+    return values
+
+
+def _closest(value: Any, allowed: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    return close[0] if close else None
+
+
+def _did_you_mean(value: Any, allowed: Iterable[str]) -> str:
+    close = _closest(value, allowed)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _reject_unknown_keys(kind: str, given: Mapping[str, Any], allowed: list[str]) -> None:
+    unknown = [k for k in given if k not in allowed]
+    if unknown:
+        listed = ", ".join(f"{k!r}{_did_you_mean(k, allowed)}" for k in unknown)
+        raise ValueError(f"unknown {kind} key(s): {listed}. Allowed keys: {', '.join(allowed)}")
