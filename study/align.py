@@ -19,7 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from study import permutation as P
-from study.models.layers import FiGLU, _WAsymMixin, unknown_choice
+from study.models.layers import FiGLU, _WAsymMixin
+from study.validation import unknown_choice
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from study.models.layers import unknown_choice
+from study.validation import unknown_choice
 
 
 def bezier_coefficients(t: Tensor, n_points: int) -> Tensor:

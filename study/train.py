@@ -13,7 +13,6 @@ Two properties matter more than speed tricks here:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from study.attacks import AttackConfig, pgd
 from study.data import Dataset
 from study.evaluate import evaluate
+from study.validation import did_you_mean, reject_unknown_keys
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,11 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         """Build from a plain mapping (YAML/JSON/search space); ``attack`` may be a nested mapping."""
-        _reject_unknown_keys("Recipe", d, [f.name for f in fields(cls)])
+        reject_unknown_keys("Recipe", d, [f.name for f in fields(cls)])
         kwargs = dict(d)
         attack = kwargs.get("attack")
         if isinstance(attack, Mapping):
-            _reject_unknown_keys("Recipe.attack", attack, [f.name for f in fields(AttackConfig)])
+            reject_unknown_keys("Recipe.attack", attack, [f.name for f in fields(AttackConfig)])
             kwargs["attack"] = AttackConfig(**attack)
         return cls(**kwargs)
 
@@ -327,7 +327,7 @@ def _check_number(
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        hint = _did_you_mean(value, allowed)
+        hint = did_you_mean(value, allowed)
         raise ValueError(f"Recipe.{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
 
 
@@ -343,18 +343,3 @@ def _check_milestones(milestones: Any) -> tuple[float, ...]:
     return values
 
 
-def _closest(value: Any, allowed: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
-    return close[0] if close else None
-
-
-def _did_you_mean(value: Any, allowed: Iterable[str]) -> str:
-    close = _closest(value, allowed)
-    return f" (did you mean {close!r}?)" if close else ""
-
-
-def _reject_unknown_keys(kind: str, given: Mapping[str, Any], allowed: list[str]) -> None:
-    unknown = [k for k in given if k not in allowed]
-    if unknown:
-        listed = ", ".join(f"{k!r}{_did_you_mean(k, allowed)}" for k in unknown)
-        raise ValueError(f"unknown {kind} key(s): {listed}. Allowed keys: {', '.join(allowed)}")

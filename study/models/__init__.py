@@ -6,7 +6,6 @@ its permutation spec. Nothing outside ``study/models`` branches on the architect
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -21,8 +20,8 @@ from study.models.layers import (
     LayerFactory,
     count_parameters,
     init_fixed_buffers,
-    unknown_choice,
 )
+from study.validation import unknown_choice
 from study.permutation import PermutationSpec
 
 SYMMETRY_OPTIONS = ("n_fix", "kappa", "figlu_scale")
@@ -143,4 +142,3 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
 
 
 __all__ = ["ARCHITECTURES", "available", "build", "count_parameters", "permutation_spec", "resolve_options"]
-_ = inspect  # kept for introspection helpers in later modules

@@ -11,7 +11,6 @@ self-describing, and they are drawn after construction from ``mask_seed`` and th
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,13 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study.seeding import generator as seeded_generator
-
-
-def unknown_choice(kind: str, value: object, allowed: list[str] | tuple[str, ...]) -> ValueError:
-    """A ValueError naming the bad value, the allowed ones and the closest match."""
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown {kind} {value!r}{hint}; allowed: {', '.join(map(str, allowed))}")
+from study.validation import unknown_choice
 
 
 class InputNormalize(nn.Module):
