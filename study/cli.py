@@ -1,0 +1,212 @@
+"""The ``study`` command: run, resume, inspect and browse studies.
+
+User mistakes (a bad spec, a missing folder, a missing data set) print one readable line per problem and exit
+with status 2; nothing is started or written for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake of the user's: reported as one line, exit status 2, no traceback."""
+
+
+def _load_spec(path: str):
+    from study.spec import SpecError, load
+
+    try:
+        return load(path)
+    except SpecError as error:
+        raise UsageError("\n".join([f"{path}: {len(error.problems)} problem(s) in the study spec:",
+                                    *(f"  - {p}" for p in error.problems)])) from None
+
+
+def _study_dir(path: str) -> Path:
+    directory = Path(path)
+    if not (directory / "spec.yaml").is_file():
+        raise UsageError(f"{directory}: not a study folder (no spec.yaml); run `study run SPEC.yaml` first")
+    return directory
+
+
+def _check_writable(directory: Path) -> None:
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{directory}: cannot write there ({probe} is a file, not a folder)")
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"{directory}: cannot write there (no permission on {probe})")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    endpoints = len(spec.endpoints()) if spec.search == "grid" else "searched"
+    trials = len(spec.trials) if spec.search == "grid" else f"{spec.optuna.samples} x {len(spec.optuna.repeat_seeds)}"
+    print(f"{args.spec}: ok — study {spec.name!r}, search {spec.search}, {trials} pair trials, "
+          f"{endpoints} unique endpoints, resources per trial {spec.resources}")
+    return 0
+
+
+def _run(spec, study_dir: Path, args: argparse.Namespace) -> int:
+    from study.tune import run_study
+
+    outcome = run_study(spec, study_dir, address=args.address, tracking_uri=args.tracking_uri,
+                        max_concurrent=args.max_concurrent, show_progress=not args.quiet)
+    table = outcome.results
+    if len(table):
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 40):
+            print(table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        for _, row in table[table["status"] == "FAILED"].iterrows():
+            print(f"FAILED: {row['error']}")
+    print(f"\nstudy folder: {outcome.study_dir}")
+    print(f"browse: study ui {outcome.study_dir}")
+    if outcome.interrupted:
+        print(f"interrupted; continue with: study resume {outcome.study_dir}")
+        return 130
+    return 1 if outcome.failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    study_dir = Path(args.out) / spec.name
+    _check_writable(study_dir)
+    copy = study_dir / "spec.yaml"
+    if copy.exists() and copy.read_text() != Path(args.spec).read_text():
+        raise UsageError(f"{study_dir} already holds a different spec; use `study resume {study_dir}` to continue "
+                         f"it, or another --out or name")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.spec, copy)
+    return _run(spec, study_dir, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    study_dir = _study_dir(args.dir)
+    return _run(_load_spec(str(study_dir / "spec.yaml")), study_dir, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study_dir = _study_dir(args.dir)
+    spec = _load_spec(str(study_dir / "spec.yaml"))
+    from study.store import EndpointStore
+    from study.tracking import StudyTracker, default_uri
+    from study.tune import results_table
+
+    tracker = StudyTracker(args.tracking_uri or default_uri(study_dir), spec.name, study_dir)
+    table = results_table(spec, study_dir, tracker)
+    total = len(spec.trials) if spec.search == "grid" else spec.optuna.samples * len(spec.optuna.repeat_seeds)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    stored = len(list(EndpointStore(study_dir / "endpoints").keys()))
+    print(f"study {spec.name!r} in {study_dir}")
+    print(f"  trials: {total} planned, " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+          + f", {max(0, total - len(table))} not started")
+    print(f"  endpoints stored: {stored}")
+    for _, row in table[table["status"] == "FAILED"].iterrows():
+        factors = ", ".join(f"{k}={row[k]}" for k in table.columns if k not in ("status", "error") and
+                            isinstance(row[k], str))
+        print(f"  FAILED ({factors}): {row['error']}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    study_dir = _study_dir(args.dir)
+    db = (study_dir / "mlflow.db").resolve()
+    if not db.exists():
+        raise UsageError(f"{study_dir}: no mlflow.db yet (has the study run?)")
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", args.host, "--port",
+               str(args.port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print(f"MLflow UI for {study_dir} at http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: listening beyond this machine; anyone who can reach it can read the study", flush=True)
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="study", description="Ablation studies of parameter symmetries and "
+                                     "mode connectivity (Ray Tune + MLflow).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def execution_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster head); "
+                       "default: start a local Ray")
+        p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default: sqlite in the study folder")
+        p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+        p.add_argument("--quiet", action="store_true", help="no live progress line")
+
+    p = sub.add_parser("run", help="run a study spec (YAML)", description="Run a study: every unique endpoint "
+                       "once, then the pair trials; results go to OUT/<name>.")
+    p.add_argument("spec")
+    p.add_argument("--out", default="studies", help="parent folder of the study folder (default: ./studies)")
+    execution_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study", description="Continue a study from its "
+                       "folder: finished trials are kept, stored endpoints are not retrained.")
+    p.add_argument("dir")
+    execution_flags(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="trial counts and failures of a study")
+    p.add_argument("dir")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", help="open the MLflow UI of a study (binds 127.0.0.1)")
+    p.add_argument("dir")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("validate", help="check a study spec without running anything")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+    _add_analysis_commands(sub)
+    return parser
+
+
+def _add_analysis_commands(sub) -> None:
+    """``study table`` / ``study plot`` live in the analysis package, when it is installed with its commands."""
+    try:
+        from analysis.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: "
+                        "%(message)s")
+    if not args.verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    from study.config import ConfigError
+    from study.data import DatasetNotFoundError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError, DatasetNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""MLflow tracking of a study, written only by the driver (one sqlite writer, works unchanged on a cluster).
+
+One experiment per study with its artifact location inside the study folder, one parent run holding the spec,
+one run per trial found by the ``trial_key`` tag, so retries and resumed studies never duplicate runs
+(ecosystem.md §5: Ray's own MLflow callback duplicates runs on restore). Trials write their profile CSVs and
+plots to the study folder; the driver attaches them to the trial's run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STUDY_KIND, TRIAL_KIND, ENDPOINT_KIND = "study", "trial", "endpoint"
+
+
+def default_uri(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def flatten_params(values: Mapping[str, Any]) -> dict[str, str]:
+    """Nested factor values as flat MLflow params (``model.symmetry`` -> ``w_asym``)."""
+    out: dict[str, str] = {}
+    _flatten("", values, out)
+    return {k[:250]: v[:6000] for k, v in out.items()}
+
+
+class StudyTracker:
+    """Driver-side MLflow bookkeeping for one study; every method is idempotent."""
+
+    def __init__(self, tracking_uri: str, study_name: str, study_dir: Path):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self._mlflow = mlflow
+        self.uri, self.study_name, self.study_dir = tracking_uri, study_name, study_dir
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            artifacts = (study_dir / "mlartifacts").resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts.as_uri())
+        else:
+            self.experiment_id = experiment.experiment_id
+        self._runs: dict[str, str] = {}
+        self.parent_run_id = self._find_or_create(f"tags.kind = '{STUDY_KIND}'", study_name, {"kind": STUDY_KIND})
+
+    # -- runs -------------------------------------------------------------------------------------------------------
+    def _find_or_create(self, query: str, run_name: str, tags: Mapping[str, str]) -> str:
+        hits = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        if hits:
+            return hits[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"study": self.study_name, **tags})
+        return run.info.run_id
+
+    def log_spec(self, spec_source: Mapping[str, Any], spec_path: Path) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in flatten_params({"factors": spec_source.get("factors", {})}).items()]
+        existing = self.client.get_run(self.parent_run_id).data.params
+        new = [p for p in params if p.key not in existing]
+        if new:
+            self.client.log_batch(self.parent_run_id, params=new[:100])
+        self.client.log_artifact(self.parent_run_id, str(spec_path))
+
+    def trial_run(self, key: str, *, name: str, kind: str, params: Mapping[str, Any]) -> str:
+        """The run of trial ``key``, created once with its params; later calls find it by tag."""
+        if key in self._runs:
+            return self._runs[key]
+        from mlflow.entities import Param
+
+        hits = self.client.search_runs([self.experiment_id], filter_string=f"tags.trial_key = '{key}'",
+                                       max_results=1)
+        if hits:
+            run_id = hits[0].info.run_id
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                "study": self.study_name, "kind": kind, "trial_key": key,
+                "mlflow.parentRunId": self.parent_run_id}).info.run_id
+            flat = flatten_params(params)
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()][:100])
+            for k, v in list(flat.items())[:50]:
+                self.client.set_tag(run_id, f"factor.{k}", v)
+        self._runs[key] = run_id
+        return run_id
+
+    def mark_running(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for start in range(0, len(batch), 900):
+            self.client.log_batch(run_id, metrics=batch[start:start + 900])
+
+    def log_artifacts(self, run_id: str, directory: Path) -> None:
+        if directory.is_dir() and any(directory.iterdir()):
+            self.client.log_artifacts(run_id, str(directory))
+
+    def finish(self, run_id: str, *, failed: bool = False, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, "error", reason[:5000])
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def close_orphans(self) -> int:
+        """Runs left RUNNING by a killed driver are marked KILLED (a resumed study re-opens the ones it reruns)."""
+        hits = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        count = 0
+        for run in hits:
+            if run.info.run_id != self.parent_run_id:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                count += 1
+        return count
+
+    def finish_study(self, summary: Mapping[str, Any]) -> None:
+        self.log_metrics(self.parent_run_id, summary)
+        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create/migrate the sqlite DB once, on the driver, before any trial starts (concurrent first-time
+    creation races in alembic migrations; ecosystem.md §3)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,182 @@
+"""Study specs: the shipped ones validate; malformed ones get a specific message and exit 2 with nothing started."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study import cli
+from study.spec import SpecError, load, set_path, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "searchspaces").glob("*.yaml"))
+
+GOOD = {
+    "name": "t",
+    "trial": {"data": {"name": "digits"}, "model": {"width": 0.25}, "train": {"epochs": 1}, "eval": {"points": 3},
+              "device": "cpu"},
+    "factors": {"seeds": [[0, 1], [2, 3]], "model.arch": ["mlp", "tinyten"], "align.method": ["none", "weight"]},
+}
+
+
+def test_shipped_specs_validate():
+    assert {p.name for p in SHIPPED} >= {"quickstart.yaml"}
+    for path in SHIPPED:
+        spec = load(path)
+        assert spec.trials or spec.search == "optuna", path
+
+
+def test_quickstart_covers_every_factor_kind():
+    spec = load(ROOT / "searchspaces" / "quickstart.yaml")
+    f = spec.factors
+    assert len(f["model.arch"]) >= 2 and len(f["seeds"]) >= 2
+    assert set(f["model.symmetry"]) == {"standard", "w_asym", "sigma_asym"}
+    assert set(f["align.method"]) >= {"none", "activation", "weight"}
+    assert 0 in f["train.attack.eps"] and max(f["train.attack.eps"]) > 0
+    assert spec.base["curve"]["kind"] == "bezier"
+
+
+def test_grid_expands_and_counts_unique_endpoints():
+    spec = validate(GOOD)
+    assert len(spec.trials) == 2 * 2 * 2
+    assert len({t.key for t in spec.trials}) == 8
+    # endpoints depend on arch and seed, not on alignment: 2 archs x 4 seeds
+    assert len(spec.endpoints()) == 8
+    first = spec.trials[0]
+    assert first.factors == {"seeds": [0, 1], "model.arch": "mlp", "align.method": "none"}
+    assert first.config["model"] == {"width": 0.25, "arch": "mlp"}
+
+
+def test_bundle_factor_merges_into_the_subtree():
+    raw = copy.deepcopy(GOOD)
+    raw["factors"] = {"model": [{"symmetry": "standard"}, {"symmetry": "w_asym", "options": {"n_fix": 8}}]}
+    spec = validate(raw)
+    assert [t.config["model"] for t in spec.trials] == [
+        {"width": 0.25, "symmetry": "standard"}, {"width": 0.25, "symmetry": "w_asym", "options": {"n_fix": 8}}]
+
+
+def test_set_path_creates_and_merges():
+    config = {"train": {"epochs": 3}}
+    set_path(config, "train.attack.eps", 0.1)
+    set_path(config, "train", {"lr": 0.2})
+    assert config == {"train": {"epochs": 3, "attack": {"eps": 0.1}, "lr": 0.2}}
+
+
+def _with(path: str, value) -> dict:
+    raw = copy.deepcopy(GOOD)
+    if value is _DELETE:
+        parent, _, leaf = path.rpartition(".")
+        node = raw
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        del node[leaf]
+    else:
+        node = raw
+        parts = path.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+MALFORMED = [
+    (_with("nmae", "x"), r"nmae: unknown top-level key \(did you mean 'name'\?\)"),
+    (_with("name", "has space"), r"name: must be 1-64 letters"),
+    (_with("name", _DELETE), r"name: must be"),
+    (_with("factors/model.acrh", ["mlp"]), r"factors.model.acrh: unknown trial setting \(did you mean 'model.arch'\?\)"),
+    (_with("factors/model.arch", []), r"factors.model.arch: empty list"),
+    (_with("factors/model.arch", "mlp"), r"factors.model.arch: must be a list of values"),
+    (_with("factors/model.arch", ["mlp", "resnet-20"]),
+     r"factors \(.*model.arch=\"resnet-20\".*\): trial.model: unknown architecture 'resnet-20'"),
+    (_with("factors/align.method", ["none", "wieght"]), r"unknown alignment method 'wieght' \(did you mean 'weight'\?\)"),
+    (_with("factors/seeds", [[0, 0]]), r"trial.seeds must differ"),
+    (_with("factors/seeds", [[0]]), r"trial.seeds must be a pair of integers"),
+    (_with("factors/train.attack.eps", [-0.1]), r"eps must be a finite number >= 0"),
+    (_with("factors/train.lr", ["0.1"]), r"Recipe.lr must be a number .* got '0.1' \(str\)"),
+    (_with("factors/eval.points", [2]), r"points must be an integer >= 3"),
+    (_with("factors/curve", [{"kind": "bezier", "bends": 2}]), r"bends must be an integer >= 3"),
+    (_with("factors/model", [{"symmetry": "standard", "options": {"n_fix": 4}}]),
+     r"option 'n_fix' only applies to symmetry 'w_asym'"),
+    (_with("trial/data", {"name": "digitz"}), r"trial: trial.data: unknown data set 'digitz' \(did you mean 'digits'\?\)"),
+    (_with("trial/data", {"name": "digits", "options": {"tset_fraction": 0.1}}), r"'tset_fraction' \(did you mean 'test_fraction'\?\)"),
+    (_with("trial/store", "/tmp/x"), r"trial.store: set by the study"),
+    (_with("trial/train", {"epochs": 0}), r"Recipe.epochs must be an integer"),
+    (_with("trial/device", "gpu"), r"unknown device 'gpu'"),
+    (_with("resources", {"cpu": -1}), r"resources.cpu: must be a number >= 0"),
+    (_with("resources", {"cpu": 0, "gpu": 0}), r"resources: a trial needs cpu > 0 or gpu > 0"),
+    (_with("resources", {"cpus": 1}), r"resources.cpus: unknown key \(did you mean 'cpu'\?\)"),
+    (_with("resources", {"gpu": 1.5}), r"resources.gpu: above 1 it must be a whole number"),
+    (_with("execution", {"max_failures": -1}), r"execution.max_failures: must be an integer >= 0"),
+    (_with("search", "random"), r"search: unknown search 'random'"),
+    (_with("search", "optuna"), r"optuna: 'search: optuna' needs an optuna section"),
+    (_with("optuna", {"metric": "x"}), r"optuna: only used with 'search: optuna'"),
+    (_with("trial", ["not", "a", "mapping"]), r"trial: must be a mapping"),
+    (_with("factors/model", [{"symmetry": "standard"}, {"symmetry": "standard"}]), r"give the same trial"),
+]
+
+
+@pytest.mark.parametrize("raw, message", MALFORMED, ids=[f"case{i}" for i in range(len(MALFORMED))])
+def test_malformed_specs_are_rejected_with_a_specific_message(raw, message):
+    with pytest.raises(SpecError) as caught:
+        validate(raw)
+    assert any(__import__("re").search(message, p) for p in caught.value.problems), caught.value.problems
+
+
+def test_several_problems_are_reported_at_once():
+    raw = _with("resources", {"cpu": -1})
+    raw["nmae"] = "x"
+    with pytest.raises(SpecError) as caught:
+        validate(raw)
+    assert len(caught.value.problems) == 2
+
+
+@pytest.mark.parametrize("raw, message", MALFORMED[:8] + [
+    ("not: [valid", "not valid YAML"),
+], ids=[f"cli{i}" for i in range(9)])
+def test_cli_exits_2_and_starts_nothing(tmp_path, capsys, monkeypatch, raw, message):
+    import study.tune
+
+    monkeypatch.setattr(study.tune, "run_study", lambda *a, **k: pytest.fail("started a study"))
+    path = tmp_path / "spec.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    for command in (["validate", str(path)], ["run", str(path), "--out", str(out)]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert __import__("re").search(message, err), err
+        assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such spec file" in capsys.readouterr().err
+    for command in ("resume", "status", "ui"):
+        assert cli.main([command, str(tmp_path)]) == 2
+        assert "not a study folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["rnu"])
+    assert caught.value.code == 2
+
+
+def test_unwritable_output_folder_is_a_usage_error(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        # root may write anywhere: use a path under a regular file instead, which nobody can create
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        out = blocker / "sub"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        out = locked / "sub"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    assert cli.main(["run", str(spec), "--out", str(out)]) == 2
+    assert "cannot write" in capsys.readouterr().err
