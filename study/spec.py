@@ -11,6 +11,9 @@ Format (see ``searchspaces/quickstart.yaml``)::
       model:                         # a mapping value is merged into that subtree ("bundle" of settings)
         - {symmetry: standard}
         - {symmetry: w_asym, options: {n_fix: 8}}
+      trial:                         # bundles across sections: merged into the whole trial config
+        - {model: {arch: mlp}, data: {name: mnist}}
+        - {model: {arch: resnet20}, data: {name: cifar10}}
     resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional (0.25 -> four trials share a GPU)
     execution: {max_failures: 2, max_concurrent: null}
     search: grid                     # or optuna (then an `optuna:` section)
@@ -39,6 +42,7 @@ from study.validation import did_you_mean
 SEARCHES = ("grid", "optuna")
 OPTUNA_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_LEVEL = ("name", "description", "trial", "factors", "resources", "execution", "search", "optuna")
+ROOT_BUNDLE = "trial"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -125,6 +129,8 @@ def _known_paths() -> list[str]:
     out.extend(f"train.attack.{f.name}" for f in fields(AttackConfig))
     out.extend(f"eval.attack.{f.name}" for f in fields(AttackConfig))
     out.extend(f"curve.train.{f.name}" for f in fields(Recipe))
+    out.extend(f"curve.train.attack.{f.name}" for f in fields(AttackConfig))
+    out.append(ROOT_BUNDLE)
     return out
 
 
@@ -134,7 +140,15 @@ def _is_open_path(path: str) -> bool:
 
 
 def set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    """Assign ``value`` at dotted ``path``; a mapping value is merged into an existing mapping there."""
+    """Assign ``value`` at dotted ``path``; a mapping value is merged into an existing mapping there.
+
+    The path ``trial`` is the whole trial config: its values are bundles spanning sections (an architecture
+    with its data set, say)."""
+    if path == ROOT_BUNDLE:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"factor {ROOT_BUNDLE!r} takes mappings of trial settings, got {value!r}")
+        _deep_merge(config, value)
+        return
     *parents, leaf = path.split(".")
     node = config
     for part in parents:

@@ -120,7 +120,10 @@ def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str
     inputs = data.batch("train", slice(0, samples))[0]
     alignment = align.match(model_a, model_b, method=cfg.align.method, data=inputs, seed=cfg.align.seed,
                             **cfg.align.options)
-    model_b_aligned = P.apply(model_b, alignment.perms)
+    # On W-Asym/FiGLU nets a permutation is not a symmetry: permuting B would make it a different, untrained
+    # model. There alignment is a diagnostic (how close to identity is it?) and the paths use B as trained.
+    applied = align.function_preserving(model_b)
+    model_b_aligned = P.apply(model_b, alignment.perms) if applied else model_b
     timings["align"] = time.perf_counter() - clock
 
     theta_a, theta_b = trainable_state(model_a), trainable_state(model_b_aligned)
@@ -128,6 +131,7 @@ def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str
         "dist/before_alignment": _distance(theta_a, trainable_state(model_b)),
         "dist/after_alignment": _distance(theta_a, theta_b),
         **{f"align/{k}": float(v) for k, v in alignment.diagnostics.items()},
+        "align/applied": float(applied),
     }
     for name, model in (("a", model_a), ("b", model_b)):
         result = evaluate(model, data, "test", batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples)
@@ -154,7 +158,7 @@ def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str
     return {
         "metrics": out_metrics,
         "profiles": profiles,
-        "alignment": {"method": alignment.method, **alignment.diagnostics},
+        "alignment": {"method": alignment.method, "applied": applied, **alignment.diagnostics},
         "endpoints": {"a": info_a, "b": info_b},
         "timings": timings,
         "bn_policy": bn.POLICY if bn.has_batchnorm(model_a) else "none (no BatchNorm)",

@@ -89,20 +89,21 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
     from study import trial
 
     item = resolve_trial(spec, tune_config)
-    inject_fault(item.config)
+    inject_fault(Path(study_dir), item.config)
     result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter("pair"))
     directory = Path(study_dir) / "artifacts" / item.key
     artifacts.write_trial(directory, result, title=", ".join(f"{k}={v}" for k, v in item.factors.items()))
     tune.report({**result["metrics"], "final": 1, "trial_key": item.key, "artifact_dir": str(directory)})
 
 
-def inject_fault(config: Mapping[str, Any]) -> None:
-    """Test hook: SYMSTUDY_FAULT=<marker dir> makes a trial whose seeds match fail as asked (see tests)."""
-    marker_dir = os.environ.get("SYMSTUDY_FAULT_DIR")
-    if not marker_dir:
+def inject_fault(study_dir: Path, config: Mapping[str, Any]) -> None:
+    """Fault injection for tests and chaos runs: a file ``<study>/.faults/once-<seed_a>-<seed_b>`` makes the
+    next pair trial with those seeds raise (and removes the file); ``always-...`` makes every attempt raise."""
+    marker_dir = study_dir / ".faults"
+    if not marker_dir.is_dir():
         return
     seeds = "-".join(map(str, config.get("seeds", [])))
-    always, once = Path(marker_dir) / f"always-{seeds}", Path(marker_dir) / f"once-{seeds}"
+    always, once = marker_dir / f"always-{seeds}", marker_dir / f"once-{seeds}"
     if always.exists():
         raise RuntimeError(f"injected permanent failure for seeds {seeds}")
     if once.exists():
@@ -342,7 +343,12 @@ def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, t
     orphans = tracker.close_orphans()
     if orphans:
         log.warning("closed %d MLflow run(s) left RUNNING by an interrupted driver", orphans)
-    tracker.log_spec(spec.source, study_dir / "spec.yaml")
+    spec_copy = study_dir / "spec.yaml"
+    if not spec_copy.exists():  # the CLI copies the user's file (comments included); API callers get a dump
+        import yaml
+
+        spec_copy.write_text(yaml.safe_dump(spec.source, sort_keys=False))
+    tracker.log_spec(spec.source, spec_copy)
     concurrency = max_concurrent or spec.execution.max_concurrent
     progress = ProgressLine() if show_progress else None
     _init_ray(address, spec)
