@@ -50,7 +50,7 @@ def _check_writable(directory: Path) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
-    endpoints = len(spec.endpoints()) if spec.search == "grid" else "searched"
+    endpoints = len(spec.endpoints()) if spec.search == "grid" else "on-demand"
     trials = len(spec.trials) if spec.search == "grid" else f"{spec.optuna.samples} x {len(spec.optuna.repeat_seeds)}"
     print(f"{args.spec}: ok — study {spec.name!r}, search {spec.search}, {trials} pair trials, "
           f"{endpoints} unique endpoints, resources per trial {spec.resources}")

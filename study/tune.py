@@ -410,7 +410,9 @@ def _run_optuna(spec: StudySpec, study_dir: Path, tracking: _LazyTracker, progre
                             sampler=optuna.samplers.TPESampler(seed=settings.seed), storage=storage,
                             study_name=spec.name)
     repeats = len(settings.repeat_seeds)
-    search_alg = Repeater(searcher, repeat=repeats, set_index=True) if repeats > 1 else searcher
+    # Always through Repeater, even for one seed pair: it hands Optuna only each trial's final result, while
+    # the trials' intermediate progress reports (which lack the metric) stay with Tune.
+    search_alg = Repeater(searcher, repeat=repeats, set_index=True)
     trainable = tune.with_resources(tune.with_parameters(pair_trainable, spec=spec, study_dir=str(study_dir)),
                                     _resources(spec))
     return _run_stage("pairs", study_dir, trainable, {}, spec, make_callbacks(spec, "pairs", tracking, None, progress),
@@ -426,8 +428,9 @@ def results_table(spec: StudySpec, study_dir: Path, tracker: Any) -> pd.DataFram
         row = {k[len("factor."):]: v for k, v in run.data.tags.items() if k.startswith("factor.")}
         row["status"] = run.info.status
         row["error"] = run.data.tags.get("error", "")
-        row.update({m: run.data.metrics.get(m, math.nan) for m in SUMMARY_METRICS})
+        extra = (spec.optuna.metric,) if spec.optuna is not None else ()
+        row.update({m: run.data.metrics.get(m, math.nan) for m in (*extra, *SUMMARY_METRICS)})
         rows.append(row)
     table = pd.DataFrame(rows).dropna(axis=1, how="all")
-    factor_columns = [c for c in table.columns if c not in ("status", "error", *SUMMARY_METRICS)]
+    factor_columns = [c for c in table.columns if c not in ("status", "error") and "/" not in c]
     return table.sort_values(factor_columns, kind="stable").reset_index(drop=True) if len(table) else table

@@ -123,3 +123,27 @@ def test_interrupted_study_resumes_without_duplicates_or_retraining(tmp_path):
     after = _trained(study_dir)
     assert {k: after[k] for k in before} == before  # nothing retrained
     assert len(after) == 3
+
+
+def test_optuna_search_runs_seeded_and_is_restart_safe(ray_session, tmp_path):
+    import optuna
+
+    spec = validate({
+        "name": "e2e",
+        "trial": {**SPEC["trial"], "curve": {"kind": "bezier", "train": {"epochs": 1, "batch_size": 128,
+                                                                           "augment": False}}},
+        "search": "optuna",
+        "optuna": {"metric": "barrier_chord/bezier/test_loss", "mode": "min", "samples": 3, "seed": 0,
+                   "repeat_seeds": [[0, 1]],
+                   "space": {"curve.train.lr": {"type": "loguniform", "low": 1e-3, "high": 0.3}}},
+        "resources": {"cpu": 1},
+    })
+    outcome = run_study(spec, tmp_path / "opt", show_progress=False)
+    assert outcome.failed == 0 and len(outcome.results) == 3
+    lrs = sorted(float(v) for v in outcome.results["curve.train.lr"])
+    assert len(set(lrs)) == 3 and all(1e-3 <= v <= 0.3 for v in lrs)
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and all(t.value is not None for t in complete)
+    run_study(spec, tmp_path / "opt", show_progress=False)  # restart: nothing new, nothing duplicated
+    assert len(_runs(tmp_path / "opt", "trial")) == 3
