@@ -120,6 +120,14 @@ class CurveModel(nn.Module):
         self.t = torch.tensor(0.5, device=device)
         self._theta: dict[str, Tensor] | None = None
 
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The t sampler's state travels with ``state_dict`` so a resumed curve fit draws the same t."""
+        return {"generator": self._generator.get_state(), "t": self.t}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self._generator.set_state(state["generator"].cpu())
+        self.t = state["t"].to(self.t.device)
+
     def resample(self) -> None:
         self.t = torch.rand((), generator=self._generator, device=self.t.device)
         self._theta = None

@@ -174,6 +174,8 @@ def train(
     parameters: Iterable[Parameter] | None = None,
     before_step: Callable[[], None] | None = None,
     validate: bool = True,
+    resume: Mapping[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data``'s train split with ``recipe``; evaluate on val after every epoch.
 
@@ -183,6 +185,9 @@ def train(
     ``before_step()`` runs before each minibatch (a curve draws its t there, so a PGD attack on the batch
     attacks the same θ(t) that is trained). ``validate=False`` skips the per-epoch val pass (a curve's val
     metrics at one random t mean little).
+    ``checkpoint(state)`` is called after every epoch with everything needed to continue (weights, optimizer,
+    schedule, random generators, history); ``train(..., resume=state)`` continues from it and gives the same
+    weights as an uninterrupted run. The state is plain tensors and numbers (loadable with weights_only=True).
     ``callback`` gets each epoch's metrics dict, which is also appended to ``history``: ``epoch, step, lr``
     (the LR of the epoch's last step), ``train_loss, train_acc`` (running averages of the optimised cross-entropy
     over the epoch, on PGD examples under an attack, with label smoothing), ``val_loss, val_acc``,
@@ -205,7 +210,17 @@ def train(
     generator = torch.Generator(device=device).manual_seed(seed)
     eval_generator = torch.Generator(device=device).manual_seed((seed + _EVAL_SEED_OFFSET) % 2**63)
     history: list[dict[str, Any]] = []
-    for epoch in range(1, recipe.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"].to("cpu"))
+        eval_generator.set_state(resume["eval_generator"].to("cpu"))
+        history = [dict(h) for h in resume["history"]]
+        first_epoch = int(resume["epoch"]) + 1
+        logger.info("resuming training after epoch %d of %d", first_epoch - 1, recipe.epochs)
+    for epoch in range(first_epoch, recipe.epochs + 1):
         start = time.perf_counter()
         sums, lr = _train_epoch(model, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
         train_loss, train_acc, train_objective = (s / n for s in sums.tolist())  # the epoch's one host sync
@@ -231,6 +246,10 @@ def train(
         history.append(metrics)
         if callback is not None:
             callback(metrics)
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                        "eval_generator": eval_generator.get_state(), "history": history})
     model.eval()
     return TrainResult(model=model, history=history)
 

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -30,6 +30,23 @@ from study.train import train
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
+
+
+class Checkpoints(Protocol):
+    """Where a trial keeps training state so a retried trial continues instead of starting over.
+
+    The Ray layer implements it with Tune checkpoints; ``None`` (the default) keeps nothing."""
+
+    def load(self, name: str) -> dict[str, Any] | None: ...
+
+    def save(self, name: str, state: dict[str, Any]) -> None: ...
+
+
+def _training_hooks(checkpoints: Checkpoints | None, name: str) -> dict[str, Any]:
+    """``resume``/``checkpoint`` arguments for :func:`study.train.train` under checkpoint name ``name``."""
+    if checkpoints is None:
+        return {}
+    return {"resume": checkpoints.load(name), "checkpoint": lambda state: checkpoints.save(name, state)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,7 +77,8 @@ def _emit(progress: Progress | None, phase: str, **fields: Any) -> None:
 
 
 def endpoint(cfg: TrialConfig, data: datasets.Dataset, seed: int, device: torch.device,
-             progress: Progress | None = None) -> tuple[nn.Module, dict[str, Any]]:
+             progress: Progress | None = None, checkpoints: Checkpoints | None = None
+             ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained endpoint for ``seed``: from the store if it is there, else trained (and stored)."""
     description = cfg.endpoint_description(seed)
     model = build_model(cfg, data, seed)
@@ -68,7 +86,8 @@ def endpoint(cfg: TrialConfig, data: datasets.Dataset, seed: int, device: torch.
     def create() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         start = time.perf_counter()
         callback = lambda m: _emit(progress, "endpoint", seed=seed, **m)  # noqa: E731
-        history = train(model, data, cfg.train, seed=seed, device=device, callback=callback).history
+        hooks = _training_hooks(checkpoints, f"endpoint-{endpoint_key(description)}")
+        history = train(model, data, cfg.train, seed=seed, device=device, callback=callback, **hooks).history
         return model.state_dict(), {"history": history, "seconds": time.perf_counter() - start,
                                     "params": models.count_parameters(model)}
 
@@ -86,7 +105,8 @@ def _distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> f
 
 
 def fit_curve(cfg: TrialConfig, base: nn.Module, theta_a: dict, theta_b: dict, data: datasets.Dataset,
-              device: torch.device, progress: Progress | None = None) -> tuple[Path, list[dict]]:
+              device: torch.device, progress: Progress | None = None, checkpoints: Checkpoints | None = None
+              ) -> tuple[Path, list[dict]]:
     """Garipov et al.'s curve fitting with the ordinary training loop: bends trained, endpoints fixed."""
     assert cfg.curve is not None
     recipe = cfg.curve.train
@@ -95,13 +115,16 @@ def fit_curve(cfg: TrialConfig, base: nn.Module, theta_a: dict, theta_b: dict, d
     curve = CurveModel(copy.deepcopy(base), path, weight_decay=recipe.weight_decay, seed=seed)
     result = train(curve, data, replace(recipe, weight_decay=0.0), seed=seed % (2**62), device=device,
                    extra_loss=curve.l2_penalty, parameters=curve.trainable_parameters(), before_step=curve.resample,
-                   validate=False, callback=lambda m: _emit(progress, "curve", **m))
+                   validate=False, callback=lambda m: _emit(progress, "curve", **m),
+                   **_training_hooks(checkpoints, "curve"))
     return path, result.history
 
 
-def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+def run(config: Mapping[str, Any], progress: Progress | None = None,
+        checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Run one trial; returns ``metrics`` (flat names), ``profiles`` (one DataFrame per path), ``alignment``
-    diagnostics, ``endpoints`` info and ``timings`` (seconds per phase)."""
+    diagnostics, ``endpoints`` info and ``timings`` (seconds per phase). With ``checkpoints``, endpoint
+    training and curve fitting save their state every epoch and a rerun continues from it."""
     cfg = parse(config)  # every config error surfaces here, before data or compute
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -111,15 +134,16 @@ def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str
     timings["setup"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    (model_a, info_a), (model_b, info_b) = (endpoint(cfg, data, s, device, progress) for s in cfg.seeds)
+    (model_a, info_a), (model_b, info_b) = (endpoint(cfg, data, s, device, progress, checkpoints)
+                                            for s in cfg.seeds)
     timings["endpoints"] = time.perf_counter() - clock
     _emit(progress, "endpoints_ready", cached=[info_a["cached"], info_b["cached"]])
 
     clock = time.perf_counter()
     samples = min(cfg.align.samples, data.size("train"))
     inputs = data.batch("train", slice(0, samples))[0]
-    alignment = align.match(model_a, model_b, method=cfg.align.method, data=inputs, seed=cfg.align.seed,
-                            **cfg.align.options)
+    alignment = align.match(model_a, model_b, method=cfg.align.method, seed=cfg.align.seed,
+                            data=data if cfg.align.method in align.NEEDS_DATASET else inputs, **cfg.align.options)
     # On W-Asym/FiGLU nets a permutation is not a symmetry: permuting B would make it a different, untrained
     # model. There alignment is a diagnostic (how close to identity is it?) and the paths use B as trained.
     applied = align.function_preserving(model_b)
@@ -142,7 +166,8 @@ def run(config: Mapping[str, Any], progress: Progress | None = None) -> dict[str
     paths: dict[str, Path] = {"linear": Path(theta_a, theta_b, kind="linear").to(device)}
     if cfg.curve is not None:
         clock = time.perf_counter()
-        paths[cfg.curve.kind], curve_history = fit_curve(cfg, model_a, theta_a, theta_b, data, device, progress)
+        paths[cfg.curve.kind], curve_history = fit_curve(cfg, model_a, theta_a, theta_b, data, device, progress,
+                                                         checkpoints)
         timings["curve"] = time.perf_counter() - clock
         out_metrics[f"curve/{cfg.curve.kind}/train_objective"] = curve_history[-1]["train_objective"]
 

@@ -64,6 +64,44 @@ def _reporter(kind: str):
     return progress
 
 
+class RayCheckpoints:
+    """Training state in Tune checkpoints, so a retried or resumed trial continues where it stopped.
+
+    Saved at most every ``interval_s`` seconds (a snapshot per epoch would flood Tune's experiment state on
+    small models), each as ``<name>.pt`` in the trial's latest checkpoint; loaded with ``weights_only=True``."""
+
+    def __init__(self, interval_s: float = 30.0):
+        self.interval_s, self._last = interval_s, time.monotonic()
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        import torch
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            path = Path(directory) / f"{name}.pt"
+            if not path.exists():
+                return None
+            log.info("resuming %s from %s", name, path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        import tempfile
+
+        import torch
+        from ray import tune
+
+        if time.monotonic() - self._last < self.interval_s:
+            return
+        self._last = time.monotonic()
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state, Path(directory) / f"{name}.pt")
+            tune.report({"phase": "checkpoint", "epoch": int(state["epoch"])},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+
 def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs: list[tuple[dict, int]],
                        study_dir: str) -> None:
     """Stage 1: train (or find in the store) one endpoint."""
@@ -76,7 +114,7 @@ def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs:
     device = trial.resolve_device(cfg.device)
     data = trial.load_data(cfg, device)
     start = time.perf_counter()
-    _, info = trial.endpoint(cfg, data, seed, device, progress=_reporter("endpoint"))
+    _, info = trial.endpoint(cfg, data, seed, device, progress=_reporter("endpoint"), checkpoints=RayCheckpoints())
     last = info.get("history", [{}])[-1] if info.get("history") else {}
     tune.report({"final": 1, "cached": int(info["cached"]), "seconds": time.perf_counter() - start,
                  "val_acc": float(last.get("val_acc", float("nan")))})
@@ -90,7 +128,8 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
 
     item = resolve_trial(spec, tune_config)
     inject_fault(Path(study_dir), item.config)
-    result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter("pair"))
+    result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter("pair"),
+                       checkpoints=RayCheckpoints())
     directory = Path(study_dir) / "artifacts" / item.key
     artifacts.write_trial(directory, result, title=", ".join(f"{k}={v}" for k, v in item.factors.items()))
     tune.report({**result["metrics"], "final": 1, "trial_key": item.key, "artifact_dir": str(directory)})

@@ -207,3 +207,29 @@ def test_recipe_rejects_bad_input_with_helpful_message(d, fragments):
         Recipe.from_dict(d)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    """A retried trial continues from its last epoch: same weights as if it had never stopped (CPU, bitwise)."""
+    images = toy_data(shape=(1, 8, 8), n_train=256, augment="crop_flip")
+    recipe = Recipe(epochs=4, batch_size=50, lr=0.05, attack=AttackConfig(eps=0.05, steps=1))
+    straight = train(mlp(64, seed=0), images, recipe, seed=3).model.state_dict()
+
+    saved = {}
+
+    class Interrupted(Exception):
+        pass
+
+    def checkpoint(state):
+        torch.save(state, tmp_path / "ck.pt")
+        saved["epoch"] = state["epoch"]
+        if state["epoch"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(mlp(64, seed=0), images, recipe, seed=3, checkpoint=checkpoint)
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)  # checkpoints are plain tensors and numbers
+    resumed = train(mlp(64, seed=5), images, recipe, seed=3, resume=state)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for key, value in straight.items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

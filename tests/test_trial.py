@@ -153,3 +153,35 @@ def test_science_alignment_and_curves_lower_the_barrier(tmp_path):
     assert weight[key] < 0.7 * unaligned[key]
     assert unaligned["barrier_chord/bezier/test_loss"] < 0.5 * unaligned[key]
     assert aligned["dist/after_alignment"] < aligned["dist/before_alignment"]
+
+
+def test_interrupted_curve_fit_resumes_from_its_checkpoint_with_the_same_result():
+    config = _config(train={**BASE["train"], "epochs": 2},
+                     curve={"kind": "bezier", "train": {"epochs": 3, "batch_size": 64, "augment": False}})
+    straight = trial.run(config)
+
+    class Crash(Exception):
+        pass
+
+    class MemoryCheckpoints:
+        def __init__(self):
+            self.states, self.saves = {}, []
+
+        def load(self, name):
+            return self.states.get(name)
+
+        def save(self, name, state):
+            self.states[name] = copy.deepcopy(state)
+            self.saves.append((name, state["epoch"]))
+            if name == "curve" and state["epoch"] == 2 and len(self.saves) < 10:
+                raise Crash
+
+    checkpoints = MemoryCheckpoints()
+    with pytest.raises(Crash):
+        trial.run(config, checkpoints=checkpoints)
+    curve_epochs = []
+    resumed = trial.run(config, checkpoints=checkpoints,
+                        progress=lambda e: curve_epochs.append(e["epoch"]) if e["phase"] == "curve" else None)
+    assert curve_epochs == [3]  # only the missing epoch was trained again
+    for key in ("barrier_chord/bezier/test_loss", "acc_min/bezier/test", "path_length/bezier"):
+        assert resumed["metrics"][key] == straight["metrics"][key], key
