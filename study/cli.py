@@ -57,6 +57,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(spec, args: argparse.Namespace) -> None:
+    from study.spec import preflight
+
+    problems = preflight(spec, local=args.address is None)
+    if problems:
+        raise UsageError("\n".join([f"{spec.name}: {len(problems)} problem(s) on this machine:",
+                                    *(f"  - {p}" for p in problems)]))
+
+
 def _run(spec, study_dir: Path, args: argparse.Namespace) -> int:
     from study.tune import run_study
 
@@ -80,6 +89,7 @@ def _run(spec, study_dir: Path, args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
+    _preflight(spec, args)
     study_dir = Path(args.out) / spec.name
     _check_writable(study_dir)
     copy = study_dir / "spec.yaml"
@@ -93,7 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     study_dir = _study_dir(args.dir)
-    return _run(_load_spec(str(study_dir / "spec.yaml")), study_dir, args)
+    spec = _load_spec(str(study_dir / "spec.yaml"))
+    _preflight(spec, args)
+    return _run(spec, study_dir, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

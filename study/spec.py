@@ -387,3 +387,34 @@ def _check_optuna(raw: Any, search: str, factors: Mapping[str, Any], problems: l
     return OptunaSettings(metric=str(raw.get("metric")), mode=str(raw.get("mode")), samples=int(samples or 1),
                           space=dict(space), seed=int(raw.get("seed", 0)),
                           repeat_seeds=tuple(tuple(p) for p in repeat))
+
+
+def preflight(spec: StudySpec, *, local: bool) -> list[str]:
+    """Problems that depend on this machine, checked before Ray starts: missing data roots, and (for a local
+    run) resources no trial could ever get, which would otherwise leave trials PENDING forever."""
+    import os
+
+    import torch
+
+    problems: list[str] = []
+    configs = [t.config for t in spec.trials] or [spec.base]
+    for config in configs:
+        data = config.get("data", {})
+        root = data.get("data_root")
+        if root and not data.get("download", False) and not Path(root).expanduser().is_dir():
+            problem = (f"trial.data.data_root: {root} does not exist here (put the {data.get('name')} data set "
+                       f"there, fix the path, or set download: true)")
+            if problem not in problems:
+                problems.append(problem)
+    if local:
+        cpus = os.cpu_count() or 1
+        if spec.resources.cpu > cpus:
+            problems.append(f"resources.cpu: {spec.resources.cpu} per trial, but this machine has {cpus} CPUs "
+                            f"(no trial could start; lower it or run on a cluster with --address)")
+        gpus = torch.cuda.device_count()
+        if spec.resources.gpu > gpus:
+            problems.append(f"resources.gpu: {spec.resources.gpu} per trial, but this machine has {gpus} GPU(s) "
+                            f"(set gpu: 0 and device: cpu, or run on a cluster with --address)")
+        if gpus == 0 and any(str(c.get("device", "auto")).startswith("cuda") for c in configs):
+            problems.append("trial.device: cuda requested, but this machine has no GPU (use device: auto or cpu)")
+    return problems

@@ -180,3 +180,22 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path, capsys):
     spec.write_text(yaml.safe_dump(GOOD))
     assert cli.main(["run", str(spec), "--out", str(out)]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw["trial"].update(data={"name": "cifar10", "data_root": "/nonexistent/data"}),
+     r"data_root: /nonexistent/data does not exist here"),
+    (lambda raw: raw.update(resources={"cpu": 4096}), r"resources.cpu: 4096 per trial, but this machine has"),
+    (lambda raw: raw.update(resources={"cpu": 1, "gpu": 8}), r"resources.gpu: 8 per trial, but this machine has"),
+])
+def test_machine_specific_problems_stop_the_run_before_ray_starts(tmp_path, capsys, monkeypatch, edit, message):
+    import study.tune
+
+    monkeypatch.setattr(study.tune, "run_study", lambda *a, **k: pytest.fail("started a study"))
+    raw = copy.deepcopy(GOOD)
+    edit(raw)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
