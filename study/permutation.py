@@ -100,6 +100,15 @@ class SpecBuilder:
     def build(self) -> PermutationSpec:
         return PermutationSpec(dict(self.axes), {p: tuple(v) for p, v in self.activations.items()})
 
+    def chain(self, blocks: Iterable[tuple[str, str, str, str]], head: str) -> PermutationSpec:
+        """A plain stack: each (layer, norm, activation, permutation) block feeds the next; ``head`` reads the
+        last block's units and keeps its outputs (the classes) unpermuted."""
+        previous = None
+        for layer, norm, act, perm in blocks:
+            self.layer(layer, perm, previous).norm(norm, perm).activation(act, perm)
+            previous = perm
+        return self.layer(head, None, previous).build()
+
 
 def permute_state(state: Mapping[str, Tensor], spec: PermutationSpec, perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A new state dict with every spec'd axis permuted; other entries are shared, not copied."""

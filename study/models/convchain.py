@@ -88,9 +88,5 @@ class ConvChain(nn.Module):
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
     def permutation_spec(self) -> PermutationSpec:
-        spec, previous = SpecBuilder(self), None
-        for i in range(len(self.convs)):
-            perm = f"P_conv{i}"
-            spec.layer(f"convs.{i}", perm, previous).norm(f"norms.{i}", perm).activation(f"acts.{i}", perm)
-            previous = perm
-        return spec.layer("head", None, previous).build()
+        blocks = [(f"convs.{i}", f"norms.{i}", f"acts.{i}", f"P_conv{i}") for i in range(len(self.convs))]
+        return SpecBuilder(self).chain(blocks, head="head")

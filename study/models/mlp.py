@@ -47,9 +47,5 @@ class MLP(nn.Module):
         return self.head(x)
 
     def permutation_spec(self) -> PermutationSpec:
-        spec, previous = SpecBuilder(self), None
-        for i in range(len(self.linears)):
-            perm = f"P_layer{i}"
-            spec.layer(f"linears.{i}", perm, previous).norm(f"norms.{i}", perm).activation(f"acts.{i}", perm)
-            previous = perm
-        return spec.layer("head", None, previous).build()
+        blocks = [(f"linears.{i}", f"norms.{i}", f"acts.{i}", f"P_layer{i}") for i in range(len(self.linears))]
+        return SpecBuilder(self).chain(blocks, head="head")
