@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from study import permutation as P
+from study.data import Dataset
 from study.models.layers import FiGLU, _WAsymMixin
 from study.validation import unknown_choice
 
@@ -211,28 +212,39 @@ def no_alignment(model_a: nn.Module, model_b: nn.Module, **_: Any) -> Alignment:
     return Alignment(P.identity(spec.sizes(model_a.state_dict())), "none")
 
 
+def pam(model_a: nn.Module, model_b: nn.Module, **options: Any) -> Alignment:
+    """PAM (Tatro et al. 2020): lives in :mod:`study.pam`, which builds on this module (hence the late import)."""
+    from study.pam import pam as run_pam
+
+    return run_pam(model_a, model_b, **options)
+
+
 METHODS: dict[str, Callable[..., Alignment]] = {
     "none": no_alignment,
     "activation": activation_matching,
     "weight": weight_matching,
+    "pam": pam,
 }
-NEEDS_DATA = {"activation"}
+NEEDS_DATA = {"activation"}  # methods given an input tensor (the alignment batch)
+NEEDS_DATASET = {"pam"}  # methods given the whole study.data.Dataset (they train)
 
 
-def match(model_a: nn.Module, model_b: nn.Module, *, method: str = "activation", data: Tensor | None = None,
+def match(model_a: nn.Module, model_b: nn.Module, *, method: str = "activation", data: Tensor | Dataset | None = None,
           seed: int = 0, **options: Any) -> Alignment:
     """Align B to A with ``method``; diagnostics include seconds and whether the result preserves B's function."""
     if method not in METHODS:
         raise unknown_choice("alignment method", method, list(METHODS))
     if method in NEEDS_DATA and data is None:
         raise ValueError(f"alignment method {method!r} needs data (an alignment batch of inputs)")
+    if method in NEEDS_DATASET and not isinstance(data, Dataset):
+        raise ValueError(f"alignment method {method!r} needs data (the whole Dataset), got {type(data).__name__}")
     shapes_a = {k: v.shape for k, v in model_a.state_dict().items()}
     shapes_b = {k: v.shape for k, v in model_b.state_dict().items()}
     if type(model_a) is not type(model_b) or shapes_a != shapes_b:
         raise ValueError("models to align must have the same architecture")
     start = time.perf_counter()
     kwargs: dict[str, Any] = dict(options)
-    if method in NEEDS_DATA:
+    if method in NEEDS_DATA | NEEDS_DATASET:
         kwargs["data"] = data
     result = METHODS[method](model_a, model_b, seed=seed, **kwargs)
     result.diagnostics["seconds"] = time.perf_counter() - start
