@@ -194,11 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_analysis_commands(sub) -> None:
-    """``study table`` / ``study plot`` live in the analysis package, when it is installed with its commands."""
-    try:
-        from analysis.cli import add_commands
-    except ImportError:
-        return
+    """``study table`` / ``study plot`` live in the analysis package (installed with this one)."""
+    from analysis.cli import add_commands
+
     add_commands(sub)
 
 
