@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=25)
     parser.add_argument("--align", default="activation")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--n-train", type=int, default=5000, help="training images of the synthetic CIFAR workload")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
@@ -38,6 +39,8 @@ def main() -> None:
           f"{args.points} evaluation points, alignment {args.align}")
     for workload in args.workloads:
         w = WORKLOADS[workload]
+        if w["data"]["name"] == "synthetic":
+            w["data"]["options"]["n_train"] = args.n_train
         recipe = {"epochs": args.epochs, "batch_size": w["batch"], "augment": False}
         result = trial.run({"data": w["data"], "model": w["model"], "train": recipe, "seeds": [0, 1],
                             "align": {"method": args.align}, "curve": {"kind": "bezier", "train": recipe},

@@ -25,7 +25,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recalibrate(model: nn.Module, inputs: Tensor | Iterable[Tensor], *, batch_size: int = 1024) -> bool:
+def recalibrate(model: nn.Module, inputs: Tensor | Iterable[Tensor], *, batch_size: int = 256) -> bool:
     """Recompute BN running statistics of ``model`` on ``inputs`` (floats in [0, 1], a tensor split into
     ``batch_size`` chunks or an iterable of batches, so big data sets need not be materialised as floats);
     True if the model had any BN.

@@ -16,6 +16,7 @@ from study import models
 from study.align import METHODS as ALIGN_METHODS
 from study.attacks import AttackConfig
 from study.paths import COEFFICIENTS
+from study.evaluate import EVAL_BATCH_SIZE
 from study.train import Recipe
 from study.validation import reject_unknown_keys, unknown_choice
 
@@ -117,7 +118,7 @@ class EvalConfig:
     points: int = 25
     attack: AttackConfig | None = None
     robust_splits: tuple[str, ...] = ("test",)
-    batch_size: int = 1024
+    batch_size: int = EVAL_BATCH_SIZE
     max_samples: int | None = None
 
     def __post_init__(self) -> None:

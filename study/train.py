@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from study.attacks import AttackConfig, pgd
 from study.data import Dataset
-from study.evaluate import evaluate
+from study.evaluate import EVAL_BATCH_SIZE, evaluate
 from study.validation import did_you_mean, reject_unknown_keys
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Recipe:
     attack: AttackConfig | None = None
     augment: bool = True
     bf16: bool = True
-    eval_batch_size: int = 1024
+    eval_batch_size: int = EVAL_BATCH_SIZE
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:  # normalised values on a frozen dataclass

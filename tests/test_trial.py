@@ -92,8 +92,8 @@ def test_curve_endpoints_reproduce_endpoint_predictions_after_bn_recalibration(d
     for model, t_index in ((a, 0), (b, -1)):
         reference = copy.deepcopy(model)
         from study import bn
-        from study.evaluate import clean_batches, evaluate
-        bn.recalibrate(reference, clean_batches(digits, "train", 1024))
+        from study.evaluate import EVAL_BATCH_SIZE, clean_batches, evaluate
+        bn.recalibrate(reference, clean_batches(digits, "train", EVAL_BATCH_SIZE))
         expected = evaluate(reference, digits, "test")
         assert profile["test_loss"].iloc[t_index] == pytest.approx(expected["loss"], rel=1e-5)
         assert profile["test_acc"].iloc[t_index] == pytest.approx(expected["acc"])
