@@ -101,3 +101,29 @@ def test_bn_recalibration_recovers_training_statistics():
     conv0 = model.convs[0](model.normalize(data))
     assert torch.allclose(bn.batchnorm_layers(model)[0].running_mean, conv0.mean(dim=(0, 2, 3)), atol=1e-5)
     assert not bn.recalibrate(models.build("mlp", num_classes=10, in_shape=(40,), width=0.125), data[:, 0, 0])
+
+
+@pytest.mark.parametrize("method", ["activation", "weight"])
+def test_linear_barrier_after_aligning_a_permuted_copy_is_zero(method):
+    """The whole chain on real data: align, interpolate, recalibrate BN, evaluate -> barrier 0."""
+    from study import data as datasets
+    from study import metrics
+    from study.evaluate import path_profile
+    from study.paths import Path, trainable_state
+
+    from study.train import Recipe, train
+
+    digits = datasets.load("digits")
+    model_a = models.build("tinyten", num_classes=10, in_shape=digits.in_shape, mean=digits.mean, std=digits.std,
+                           width=0.5, seed=0)
+    train(model_a, digits, Recipe(epochs=3, batch_size=64, augment=False), seed=0)
+    model_b, _ = _planted(model_a)
+    result = align.match(model_a, model_b, method=method, data=digits.batch("train", slice(0, 300))[0])
+    aligned = P.apply(model_b, result.perms)
+    unaligned = metrics.summarize(path_profile(model_a, Path(trainable_state(model_a), trainable_state(model_b)),
+                                               digits, points=5), "linear")
+    profile = path_profile(model_a, Path(trainable_state(model_a), trainable_state(aligned)), digits, points=5)
+    summary = metrics.summarize(profile, "linear")
+    assert abs(summary["barrier_chord/linear/test_loss"]) <= 1e-5
+    assert abs(summary["barrier_chord/linear/train_loss"]) <= 1e-5
+    assert unaligned["barrier_chord/linear/test_loss"] > 0.01  # the planted permutation did create a barrier

@@ -185,3 +185,15 @@ def test_interrupted_curve_fit_resumes_from_its_checkpoint_with_the_same_result(
     assert curve_epochs == [3]  # only the missing epoch was trained again
     for key in ("barrier_chord/bezier/test_loss", "acc_min/bezier/test", "path_length/bezier"):
         assert resumed["metrics"][key] == straight["metrics"][key], key
+
+
+def test_adversarial_curve_fitting_attacks_theta_t_and_reports_robust_barriers():
+    result = trial.run(_config(train={**BASE["train"], "epochs": 2, "attack": {"eps": 0.05, "steps": 2}},
+                               curve={"kind": "bezier", "train": {"epochs": 2, "batch_size": 64, "augment": False,
+                                                                  "attack": {"eps": 0.05, "steps": 2}}},
+                               eval={"points": 5, "attack": {"eps": 0.05, "steps": 3}}))
+    m = result["metrics"]
+    profile = result["profiles"]["bezier"]
+    assert (profile["robust_test_loss"] > profile["test_loss"]).all()  # the attack hurts at every t
+    assert m["robust/barrier_chord/bezier/test_loss"] < m["robust/barrier_chord/linear/test_loss"]
+    assert result["config"]["curve"]["train"]["attack"]["eps"] == 0.05
