@@ -84,8 +84,13 @@ class RayCheckpoints:
             path = Path(directory) / f"{name}.pt"
             if not path.exists():
                 return None
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # noqa: BLE001 - a partial or corrupted checkpoint must not wedge the trial
+                log.warning("ignoring unreadable checkpoint %s (%s); %s starts over", path, error, name)
+                return None
             log.info("resuming %s from %s", name, path)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return state
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         import tempfile

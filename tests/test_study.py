@@ -147,3 +147,28 @@ def test_optuna_search_runs_seeded_and_is_restart_safe(ray_session, tmp_path):
     assert len(complete) == 3 and all(t.value is not None for t in complete)
     run_study(spec, tmp_path / "opt", show_progress=False)  # restart: nothing new, nothing duplicated
     assert len(_runs(tmp_path / "opt", "trial")) == 3
+
+
+def test_same_study_twice_gives_identical_metrics_and_divergence_is_reported_not_hidden(ray_session, tmp_path):
+    raw = copy.deepcopy(SPEC)
+    raw["factors"] = {"seeds": [[0, 1]], "align.method": ["weight"], "train.lr": [0.05, 1.0e6]}
+    raw["execution"] = {"max_failures": 0}
+    spec = validate(raw)
+    first = run_study(spec, tmp_path / "one", show_progress=False)
+    second = run_study(spec, tmp_path / "two", show_progress=False)
+    for outcome in (first, second):
+        table = outcome.results
+        assert outcome.failed == 1
+        diverged = table[table["status"] == "FAILED"]
+        assert diverged["train.lr"].tolist() == ["1000000.0"]
+        assert "training diverged" in diverged["error"].iloc[0] and "lower lr" in diverged["error"].iloc[0]
+
+    def metrics(study_dir: Path) -> dict:
+        return {r.data.tags["trial_key"]: r.data.metrics for r in _runs(study_dir, "trial")
+                if r.info.status == "FINISHED"}
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == 1
+    for key in one:
+        same = {k: v for k, v in one[key].items() if not k.startswith("time/") and "seconds" not in k}
+        assert same == {k: two[key][k] for k in same}  # bit-identical on CPU
