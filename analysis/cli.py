@@ -17,7 +17,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "table", help="a comparison table of one or more finished studies (md, LaTeX, CSV)",
         description="Aggregate a study's trial runs over seeds into a named table (alignment, symmetry, robust, "
-        "custom): mean ± 95%% t-interval, n finished, failed and missing runs, and paired differences "
+        "custom): mean ± 95% t-interval, n finished, failed and missing runs, and paired differences "
         "(aligned − unaligned on the same seed pair). Prints it and writes <name>.md/.tex/.csv under "
         "DIR/tables/.")
     p.add_argument("name", metavar="NAME", help="alignment | symmetry | robust | custom")
