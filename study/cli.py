@@ -210,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     from study.config import ConfigError
     from study.data import DatasetNotFoundError
+    from study.tracking import TrackingUnavailable
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, DatasetNotFoundError) as error:
+    except (UsageError, ConfigError, DatasetNotFoundError, TrackingUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

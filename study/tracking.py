@@ -20,6 +20,44 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STUDY_KIND, TRIAL_KIND, ENDPOINT_KIND = "study", "trial", "endpoint"
+_TRANSIENT = ("database is locked", "database table is locked", "busy", "unable to open database")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow store stayed unreachable or locked through every retry."""
+
+
+class _RetryingClient:
+    """An MlflowClient whose calls retry while sqlite is locked or busy (another process holds the write lock,
+    an NFS hiccup), with exponential backoff; any other error surfaces at once. Gives up with a clear message."""
+
+    def __init__(self, client: Any, uri: str, attempts: int = 7, first_delay_s: float = 0.25):
+        self._client, self._uri, self._attempts, self._delay = client, uri, attempts, first_delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            delay = self._delay
+            for attempt in range(1, self._attempts + 1):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - MLflow wraps sqlite errors in its own types
+                    if not any(t in str(error).lower() for t in _TRANSIENT):
+                        raise
+                    if attempt == self._attempts:
+                        raise TrackingUnavailable(
+                            f"MLflow store {self._uri} still locked/unavailable after {attempt} attempts "
+                            f"({name}): {str(error).splitlines()[0]}") from error
+                    log.warning("MLflow store busy (%s); retrying %s in %.2f s", str(error).splitlines()[0],
+                                name, delay)
+                    time.sleep(delay)
+                    delay *= 2
+            raise AssertionError("unreachable")
+
+        return call
 
 
 def default_uri(study_dir: Path) -> str:
@@ -50,7 +88,7 @@ class StudyTracker:
 
         self._mlflow = mlflow
         self.uri, self.study_name, self.study_dir = tracking_uri, study_name, study_dir
-        self.client = MlflowClient(tracking_uri)
+        self.client = _RetryingClient(MlflowClient(tracking_uri), tracking_uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             artifacts = (study_dir / "mlartifacts").resolve()
@@ -91,13 +129,16 @@ class StudyTracker:
         if hits:
             run_id = hits[0].info.run_id
         else:
+            from mlflow.entities import RunTag
+
+            flat = flatten_params(params)
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
                 "study": self.study_name, "kind": kind, "trial_key": key,
                 "mlflow.parentRunId": self.parent_run_id}).info.run_id
-            flat = flatten_params(params)
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()][:100])
-            for k, v in list(flat.items())[:50]:
-                self.client.set_tag(run_id, f"factor.{k}", v)
+            params_list = [Param(k, v) for k, v in flat.items()]
+            tags = [RunTag(f"factor.{k}", v) for k, v in flat.items()]
+            for start in range(0, max(len(params_list), 1), 100):  # MLflow takes 100 params per batch
+                self.client.log_batch(run_id, params=params_list[start:start + 100], tags=tags[start:start + 100])
         self._runs[key] = run_id
         return run_id
 

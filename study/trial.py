@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -50,6 +51,9 @@ def _training_hooks(checkpoints: Checkpoints | None, name: str) -> dict[str, Any
 
 
 def resolve_device(name: str) -> torch.device:
+    if os.environ.get("SYMSTUDY_DETERMINISTIC") == "1":  # bitwise-reproducible CUDA kernels, at a speed cost
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

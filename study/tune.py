@@ -140,19 +140,38 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
     tune.report({**result["metrics"], "final": 1, "trial_key": item.key, "artifact_dir": str(directory)})
 
 
+def _fault(kind: str, what: str) -> Exception:
+    import torch
+
+    from study.train import DivergenceError
+
+    faults = {
+        "error": lambda: RuntimeError(f"injected {what}"),
+        "oom": lambda: torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected {what})"),
+        "nan": lambda: DivergenceError(f"training diverged: mean train objective is nan (injected {what}); "
+                                       "try a lower lr"),
+    }
+    if kind not in faults:
+        return ValueError(f"unknown injected fault {kind!r}; allowed: {', '.join(faults)}")
+    return faults[kind]()
+
+
 def inject_fault(study_dir: Path, config: Mapping[str, Any]) -> None:
     """Fault injection for tests and chaos runs: a file ``<study>/.faults/once-<seed_a>-<seed_b>`` makes the
-    next pair trial with those seeds raise (and removes the file); ``always-...`` makes every attempt raise."""
+    next pair trial with those seeds fail (and removes the file); ``always-...`` makes every attempt fail. The
+    file's content picks the fault: ``error`` (default), ``oom`` (an out-of-memory error) or ``nan`` (divergence).
+    """
     marker_dir = study_dir / ".faults"
     if not marker_dir.is_dir():
         return
     seeds = "-".join(map(str, config.get("seeds", [])))
-    always, once = marker_dir / f"always-{seeds}", marker_dir / f"once-{seeds}"
-    if always.exists():
-        raise RuntimeError(f"injected permanent failure for seeds {seeds}")
-    if once.exists():
-        once.unlink()
-        raise RuntimeError(f"injected transient failure for seeds {seeds}")
+    for mode in ("always", "once"):
+        marker = marker_dir / f"{mode}-{seeds}"
+        if marker.exists():
+            kind = marker.read_text().strip() or "error"
+            if mode == "once":
+                marker.unlink()
+            raise _fault(kind, f"{'permanent' if mode == 'always' else 'transient'} failure for seeds {seeds}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -381,6 +400,12 @@ def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, t
     study_dir = study_dir.resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_uri(study_dir)
+    if tracking_uri is None and (study_dir / "ray_results").exists() and not (study_dir / "mlflow.db").exists():
+        from study.tracking import TrackingUnavailable
+
+        raise TrackingUnavailable(
+            f"{study_dir / 'mlflow.db'} is missing, but this study has run before: the finished trials' runs would "
+            f"be lost from MLflow. Restore the file, or pass --tracking-uri if the runs live elsewhere.")
     prepare_store(uri)
     tracking = _LazyTracker(uri, spec.name, str(study_dir))
     tracker = tracking.get()  # creates the DB, experiment and parent run before any trial starts

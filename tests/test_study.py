@@ -71,17 +71,27 @@ def test_transient_failure_is_retried_and_permanent_failure_is_reported(ray_sess
     study_dir = tmp_path / "faults"
     (study_dir / ".faults").mkdir(parents=True)
     (study_dir / ".faults" / "once-0-1").touch()
-    (study_dir / ".faults" / "always-1-2").touch()
+    (study_dir / ".faults" / "always-1-2").write_text("oom")
     outcome = run_study(validate(SPEC), study_dir, show_progress=False)
     table = outcome.results
     assert outcome.failed == 2  # both trials of seeds [1, 2]
     failed = table[table["status"] == "FAILED"]
     assert set(failed["seeds"]) == {"[1, 2]"}
-    assert all("injected permanent failure" in reason for reason in failed["error"])
+    assert all("out of memory" in reason and "injected permanent failure" in reason for reason in failed["error"])
     finished = table[table["status"] == "FINISHED"]
     assert set(finished["seeds"]) == {"[0, 1]"} and len(finished) == 2
     retried = [r for r in _runs(study_dir, "trial") if r.data.tags.get("retried")]
     assert len(retried) >= 1  # the transient failure was retried and then finished
+    from study import cli
+
+    import io
+    import contextlib
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["status", str(study_dir)]) == 0
+    status = out.getvalue()
+    assert "2 failed" in status and "2 finished" in status and status.count("out of memory") == 2
 
 
 def _study(*args: str, cwd: Path) -> subprocess.Popen:
