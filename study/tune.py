@@ -107,6 +107,16 @@ class RayCheckpoints:
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+def limit_gpu_memory(spec: StudySpec) -> None:
+    """Fractional GPUs only schedule (ecosystem.md §8): a trial with ``gpu: 0.25`` also caps its own CUDA
+    allocations at a quarter of the device, so four packed trials cannot starve each other."""
+    import torch
+
+    fraction = spec.resources.gpu
+    if torch.cuda.is_available() and 0 < fraction < 1:
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
+
+
 def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs: list[tuple[dict, int]],
                        study_dir: str) -> None:
     """Stage 1: train (or find in the store) one endpoint."""
@@ -114,6 +124,7 @@ def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs:
 
     from study import trial
 
+    limit_gpu_memory(spec)
     config, seed = jobs[int(tune_config["index"])]
     cfg = trial_config.parse({**config, "store": str(Path(study_dir) / "endpoints")})
     device = trial.resolve_device(cfg.device)
@@ -131,6 +142,7 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
 
     from study import trial
 
+    limit_gpu_memory(spec)
     item = resolve_trial(spec, tune_config)
     inject_fault(Path(study_dir), item.config)
     result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter("pair"),
