@@ -208,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    from study.config import ConfigError
-    from study.data import DatasetNotFoundError
     from study.tracking import TrackingUnavailable
+    from study.validation import ConfigError, DatasetNotFoundError
 
     try:
         return int(args.func(args) or 0)

@@ -18,13 +18,9 @@ from study.attacks import AttackConfig
 from study.paths import COEFFICIENTS
 from study.evaluate import EVAL_BATCH_SIZE
 from study.train import Recipe
-from study.validation import reject_unknown_keys, unknown_choice
+from study.validation import ConfigError, reject_unknown_keys, unknown_choice
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A trial configuration that cannot run; raised before any compute."""
 
 
 def _check_keys(path: str, given: Mapping[str, Any], allowed: list[str]) -> None:

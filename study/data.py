@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from study.validation import DatasetNotFoundError  # noqa: F401 - part of this module's API
+
 _log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -121,10 +123,6 @@ AUGMENTATIONS = {"crop_flip": random_crop_flip}
 # --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set that is read from disk is not there (and ``download=True`` was not asked for)."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A trial configuration that cannot run; raised before any compute."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set that is read from disk is not there (and ``download=True`` was not asked for)."""
+
+
 def did_you_mean(value: Any, allowed: Iterable[Any]) -> str:
     """`` (did you mean 'x'?)`` for the closest allowed value, or an empty string."""
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
