@@ -1,0 +1,60 @@
+"""The benchmark suite runs end to end at a tiny size, and its baseline trains like the real trial."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_suite_prints_every_row_at_a_tiny_size():
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "suite.py"), "--device", "cpu", "--archs", "tinyten", "--n-train", "256",
+         "--n-test", "128", "--epochs", "1", "--points", "3"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=BENCH.parent)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^device: CPU .*; torch \S+", out, re.M)
+    assert "command: python " in out and "--n-train 256" in out
+    speeds = re.search(r"endpoint ([\d.]+) img/s \| curve ([\d.]+) img/s \| PGD-5 ([\d.]+) img/s", out)
+    assert speeds and all(float(v) > 0 for v in speeds.groups()), out
+    assert float(re.search(r"endpoint training: ([\d.]+) TFLOP/s achieved", out).group(1)) > 0
+    ours = re.search(r"pair trial \(ours, trial.run\): ([\d.]+) s = setup .* eval ", out)
+    base = re.search(r"pair trial \(baseline, fp32 DataLoader\): ([\d.]+) s = setup .* eval ", out)
+    ratio = re.search(r"ratio baseline/ours: ([\d.]+)x", out)
+    assert ours and base and ratio, out
+    assert float(ratio.group(1)) == pytest.approx(float(base.group(1)) / float(ours.group(1)), rel=0.05, abs=0.02)
+    assert "### Markdown" in out
+    table = [line for line in out.splitlines() if line.startswith("| tinyten |")]
+    assert len(table) == 2 and table[1].count("|") == 8, table  # throughput row and pair-trial row
+
+
+def test_baseline_and_trial_train_endpoints_to_similar_accuracy():
+    """Same seeds, models, data and recipe; different data order and loop, so only the ballpark must agree."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import baseline_trial
+    finally:
+        sys.path.remove(str(BENCH))
+    from study import trial
+
+    n_train, epochs, lr, width = 1024, 4, 0.2, 0.25  # TinyTen at a quarter width: ~10 s for both on one core
+    base = baseline_trial.run("tinyten", n_train=n_train, n_test=256, epochs=epochs, points=3, align_samples=256,
+                              lr=lr, width=width)["metrics"]
+    recipe = {"epochs": epochs, "batch_size": 128, "augment": False, "lr": lr}
+    ours = trial.run({
+        "data": {"name": "synthetic", "val_fraction": 0.0,
+                 "options": {"in_shape": [3, 32, 32], "n_train": n_train, "n_test": 256}},
+        "model": {"arch": "tinyten", "width": width}, "train": recipe, "seeds": [0, 1],
+        "align": {"method": "activation", "samples": 256}, "curve": {"kind": "bezier", "train": recipe},
+        "eval": {"points": 3}, "device": "cpu"})["metrics"]
+    mean = lambda m: (m["endpoint_a/test_acc"] + m["endpoint_b/test_acc"]) / 2  # noqa: E731
+    assert mean(base) > 0.16 and mean(ours) > 0.16, (base, ours)  # chance is 0.10 (sd 0.02 on 256 images)
+    assert abs(mean(base) - mean(ours)) < 0.1, (base, ours)
