@@ -205,7 +205,7 @@ class EndpointStore:
     :meth:`get_or_create` waits for another process's training (``timeout_s=None`` waits indefinitely).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, stale_after_s: float = 6 * 3600.0,
+    def __init__(self, root: str | os.PathLike[str], *, stale_after_s: float = 600.0,
                  poll_interval_s: float = 2.0, timeout_s: float | None = 24 * 3600.0) -> None:
         if stale_after_s <= 0 or poll_interval_s <= 0 or (timeout_s is not None and timeout_s < 0):
             raise ValueError("stale_after_s and poll_interval_s must be > 0, timeout_s >= 0 or None")
