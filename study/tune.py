@@ -52,7 +52,7 @@ def resolve_trial(spec: StudySpec, tune_config: Mapping[str, Any]) -> Trial:
     return Trial(trial_key(config), config, {**sampled, "seeds": list(seeds)})
 
 
-def _reporter(kind: str):
+def _reporter():
     """Forward a trial's progress events to Tune (epoch ends only: a report costs a driver round trip)."""
     from ray import tune
 
@@ -130,7 +130,7 @@ def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs:
     device = trial.resolve_device(cfg.device)
     data = trial.load_data(cfg, device)
     start = time.perf_counter()
-    _, info = trial.endpoint(cfg, data, seed, device, progress=_reporter("endpoint"), checkpoints=RayCheckpoints())
+    _, info = trial.endpoint(cfg, data, seed, device, progress=_reporter(), checkpoints=RayCheckpoints())
     last = info.get("history", [{}])[-1] if info.get("history") else {}
     tune.report({"final": 1, "cached": int(info["cached"]), "seconds": time.perf_counter() - start,
                  "val_acc": float(last.get("val_acc", float("nan")))})
@@ -145,7 +145,7 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
     limit_gpu_memory(spec)
     item = resolve_trial(spec, tune_config)
     inject_fault(Path(study_dir), item.config)
-    result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter("pair"),
+    result = trial.run({**item.config, "store": str(Path(study_dir) / "endpoints")}, progress=_reporter(),
                        checkpoints=RayCheckpoints())
     directory = Path(study_dir) / "artifacts" / item.key
     artifacts.write_trial(directory, result, title=", ".join(f"{k}={v}" for k, v in item.factors.items()))
@@ -234,9 +234,13 @@ def make_callbacks(spec: StudySpec, stage: str, tracking: _LazyTracker, jobs: li
             return item.key, name[:120] or item.key, item.factors
 
         def _run(self, trial: Any) -> str:
-            key, name, params = self._describe(trial)
-            return tracking.get().trial_run(key, name=name, kind="endpoint" if stage == "endpoints" else "trial",
-                                            params=params)
+            """The trial's run id, resolved once per Tune trial (results arrive every epoch)."""
+            runs = self.__dict__.setdefault("_run_ids", {})
+            if trial.trial_id not in runs:
+                key, name, params = self._describe(trial)
+                runs[trial.trial_id] = tracking.get().trial_run(
+                    key, name=name, kind="endpoint" if stage == "endpoints" else "trial", params=params)
+            return runs[trial.trial_id]
 
         def on_trial_start(self, iteration, trials, trial, **info):
             tracking.get().mark_running(self._run(trial))
