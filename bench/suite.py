@@ -44,7 +44,8 @@ import baseline_trial  # noqa: E402  (bench/ is not a package)
 from study import config as trial_config, data as datasets, models, trial  # noqa: E402
 from study.attacks import AttackConfig  # noqa: E402
 from study.paths import trainable_state  # noqa: E402
-from study.train import Recipe, mixed_precision, train  # noqa: E402
+from study.accel import mixed_precision  # noqa: E402
+from study.train import Recipe, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IN_SHAPE = (3, 32, 32)
@@ -79,7 +80,13 @@ def trial_dict(arch: str, args: argparse.Namespace, device: torch.device, *, epo
             "model": {"arch": arch}, "train": recipe, "seeds": [0, 1],
             "align": {"method": "activation", "samples": args.align_samples},
             "curve": {"kind": "bezier", "bends": 3, "train": recipe}, "eval": {"points": args.points},
-            "device": str(device)}
+            "device": str(device), "runtime": runtime_overrides(args)}
+
+
+def runtime_overrides(args: argparse.Namespace) -> dict:
+    """``trial.runtime`` from the command line (unset switches keep their per-device defaults)."""
+    chosen = {"parallel_points": args.parallel_points, "channels_last": args.channels_last, "compile": args.compile}
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 def build(arch: str, data: datasets.Dataset, seed: int, device: torch.device) -> torch.nn.Module:
@@ -155,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each pair trial (ours and the baseline, interleaved) and each timed throughput "
                              "epoch this many times and keep the fastest: for noisy, shared machines")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the fp32 DataLoader baseline")
+    parser.add_argument("--parallel-points", type=int, help="trial.runtime.parallel_points (default: per device)")
+    parser.add_argument("--channels-last", type=lambda v: {"true": True, "false": False}[v.lower()],
+                        help="trial.runtime.channels_last: true/false (default: per device)")
+    parser.add_argument("--compile", action="store_const", const=True, help="trial.runtime.compile = true")
     parser.add_argument("--quickstart-cpu", action="store_true",
                         help="also time `study run searchspaces/quickstart.yaml` (CPU, a few minutes)")
     args = parser.parse_args(argv)
@@ -185,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{align_n} images, 3-bend Bezier {epochs}, {args.points} points on the linear path and on "
           f"the curve with BN recalibration at each"
           + (f"; fastest of {args.repeats} runs each" if args.repeats > 1 else ""))
+    runtime = trial_config.parse(trial_dict(args.archs[0], args, device)).runtime
+    print(f"runtime: {runtime}; points evaluated together: {runtime.points_together(device, args.points)}")
     if filled and device.type == "cpu":
         print("note: CPU defaults applied (" + ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in filled)
               + "); pass them explicitly to override")

@@ -13,6 +13,7 @@ from typing import Any
 
 from study import data as datasets
 from study import models
+from study.accel import Runtime
 from study.align import METHODS as ALIGN_METHODS
 from study.attacks import AttackConfig
 from study.paths import COEFFICIENTS
@@ -116,8 +117,13 @@ class EvalConfig:
     robust_splits: tuple[str, ...] = ("test",)
     batch_size: int = EVAL_BATCH_SIZE
     max_samples: int | None = None
+    bf16: bool = True  # autocast evaluation forward passes on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.points, int) or self.points < 3:
             raise ValueError(f"points must be an integer >= 3 (the grid includes t=0, t=1 and a middle), "
                              f"got {self.points!r}")
@@ -139,6 +145,7 @@ class TrialConfig:
     eval: EvalConfig
     device: str = "auto"
     store: str | None = None
+    runtime: Runtime = field(default_factory=Runtime)  # how the device is used; not part of any result's identity
 
     def endpoint_description(self, seed: int) -> dict[str, Any]:
         """Everything that determines one trained endpoint (hashed into its store key)."""
@@ -196,4 +203,5 @@ def parse(config: Mapping[str, Any], path: str = "trial") -> TrialConfig:
                       {"attack": _attack, "robust_splits": lambda p, v: tuple(v)}),
         device=str(device),
         store=config.get("store"),
+        runtime=_section(f"{path}.runtime", Runtime, config.get("runtime")),
     )

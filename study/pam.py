@@ -54,7 +54,8 @@ from study.align import Alignment, activation_matching
 from study.data import Dataset
 from study.paths import CurveModel, Path, bezier_coefficients, trainable_state
 from study.seeding import stable_seed
-from study.train import Recipe, mixed_precision, train
+from study.accel import mixed_precision
+from study.train import Recipe, train
 from study.validation import unknown_choice
 
 log = logging.getLogger(__name__)

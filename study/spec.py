@@ -117,7 +117,7 @@ def _known_paths() -> list[str]:
     """Every settable dotted path of a trial config (for did-you-mean on factor keys)."""
     out: list[str] = []
     sections = {"data": trial_config.DataConfig, "model": trial_config.ModelConfig, "align": trial_config.AlignConfig,
-                "curve": trial_config.CurveConfig, "eval": trial_config.EvalConfig}
+                "curve": trial_config.CurveConfig, "eval": trial_config.EvalConfig, "runtime": trial_config.Runtime}
     from study.attacks import AttackConfig
     from study.train import Recipe
 
@@ -174,9 +174,13 @@ def _deep_merge(target: dict[str, Any], update: Mapping[str, Any]) -> None:
 
 
 def trial_key(config: Mapping[str, Any]) -> str:
-    """Stable id of a trial config (its parsed, defaults-filled form), used as the MLflow run's tag."""
-    parsed = trial_config.parse({k: v for k, v in config.items() if k != "store"})
-    canonical = json.dumps(parsed.to_dict(), sort_keys=True, default=str)
+    """Stable id of a trial config (its parsed, defaults-filled form), used as the MLflow run's tag.
+
+    Where files live (``store``) and how the device is used (``runtime``) are not part of it: resuming a study
+    with another runtime setting continues it instead of starting every trial again."""
+    parsed = trial_config.parse({k: v for k, v in config.items() if k != "store"}).to_dict()
+    parsed.pop("runtime")
+    canonical = json.dumps(parsed, sort_keys=True, default=str)
     return f"{stable_seed('trial', canonical):016x}"
 
 

@@ -12,7 +12,6 @@ Two properties matter more than speed tricks here:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 from torch.optim.lr_scheduler import LambdaLR
 
+from study.accel import Runtime, mixed_precision
 from study.attacks import AttackConfig, pgd
 from study.data import Dataset
 from study.evaluate import EVAL_BATCH_SIZE, evaluate
@@ -155,13 +155,6 @@ def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked; a no-op elsewhere (CPU bf16 is slow and changes results)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train(
     model: nn.Module,
     data: Dataset,
@@ -176,6 +169,7 @@ def train(
     validate: bool = True,
     resume: Mapping[str, Any] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data``'s train split with ``recipe``; evaluate on val after every epoch.
 
@@ -192,12 +186,13 @@ def train(
     (the LR of the epoch's last step), ``train_loss, train_acc`` (running averages of the optimised cross-entropy
     over the epoch, on PGD examples under an attack, with label smoothing), ``val_loss, val_acc``,
     ``val_robust_loss, val_robust_acc`` (with an attack), ``train_objective`` (with ``extra_loss``), ``seconds``
-    (wall time of the epoch, validation included). The model is left in eval mode.
+    (wall time of the epoch, validation included). The model is left in eval mode. ``runtime`` picks the memory
+    format and compilation (:class:`study.accel.Runtime`; default: its per-device defaults).
     Raises ``DivergenceError`` when an epoch's loss is not finite.
     """
     device = torch.device(device) if device is not None else data.device
     data = data.to(device)
-    model.to(device)
+    net = (runtime or Runtime()).prepare(model, device)  # what forward passes call: model, or compiled model
     n = data.size("train")
     if n == 0:
         raise ValueError(f"data set {data.name!r} has an empty train split")
@@ -222,7 +217,7 @@ def train(
         logger.info("resuming training after epoch %d of %d", first_epoch - 1, recipe.epochs)
     for epoch in range(first_epoch, recipe.epochs + 1):
         start = time.perf_counter()
-        sums, lr = _train_epoch(model, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
+        sums, lr = _train_epoch(net, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
         train_loss, train_acc, train_objective = (s / n for s in sums.tolist())  # the epoch's one host sync
         if not math.isfinite(train_objective):
             raise DivergenceError(
@@ -240,7 +235,7 @@ def train(
         if extra_loss is not None:
             metrics["train_objective"] = train_objective
         if validate:
-            metrics.update(_validate(model, data, recipe, device, eval_generator))
+            metrics.update(_validate(net, data, recipe, device, eval_generator))
         metrics["seconds"] = time.perf_counter() - start
         logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         history.append(metrics)

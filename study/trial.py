@@ -91,7 +91,8 @@ def endpoint(cfg: TrialConfig, data: datasets.Dataset, seed: int, device: torch.
         start = time.perf_counter()
         callback = lambda m: _emit(progress, "endpoint", seed=seed, **m)  # noqa: E731
         hooks = _training_hooks(checkpoints, f"endpoint-{endpoint_key(description)}")
-        history = train(model, data, cfg.train, seed=seed, device=device, callback=callback, **hooks).history
+        history = train(model, data, cfg.train, seed=seed, device=device, callback=callback, runtime=cfg.runtime,
+                        **hooks).history
         return model.state_dict(), {"history": history, "seconds": time.perf_counter() - start,
                                     "params": models.count_parameters(model)}
 
@@ -119,7 +120,7 @@ def fit_curve(cfg: TrialConfig, base: nn.Module, theta_a: dict, theta_b: dict, d
     curve = CurveModel(copy.deepcopy(base), path, weight_decay=recipe.weight_decay, seed=seed)
     result = train(curve, data, replace(recipe, weight_decay=0.0), seed=seed % (2**62), device=device,
                    extra_loss=curve.l2_penalty, parameters=curve.trainable_parameters(), before_step=curve.resample,
-                   validate=False, callback=lambda m: _emit(progress, "curve", **m),
+                   validate=False, callback=lambda m: _emit(progress, "curve", **m), runtime=cfg.runtime,
                    **_training_hooks(checkpoints, "curve"))
     return path, result.history
 
@@ -180,6 +181,7 @@ def run(config: Mapping[str, Any], progress: Progress | None = None,
         profiles[name] = path_profile(
             model_a, path, data, points=cfg.eval.points, attack=cfg.eval.attack, robust_splits=cfg.eval.robust_splits,
             batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples, seed=cfg.seeds[0],
+            parallel_points=cfg.runtime.points_together(device, cfg.eval.points), bf16=cfg.eval.bf16,
             progress=lambda i, n, name=name: _emit(progress, "eval", path=name, point=i, points=n))
         out_metrics.update(metrics.summarize(profiles[name], name))
     timings["eval"] = time.perf_counter() - clock

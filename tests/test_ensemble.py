@@ -1,0 +1,199 @@
+"""Path points evaluated together (study.ensemble) and the runtime switches (study.accel).
+
+The property that matters: running K points as one vmapped network gives each point the numbers it gets on its
+own (same BN statistics, losses, accuracies, robust numbers) for every architecture family and symmetry, so the
+GPU default can differ from the CPU default without changing any result beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from study import bn, data as datasets, models, trial
+from study.accel import Runtime
+from study.config import ConfigError, parse
+from study.attacks import AttackConfig
+from study.ensemble import StackedModel
+from study.evaluate import clean_batches, evaluate, load_weights, path_profile
+from study.paths import Path, trainable_state
+from study.train import Recipe, train
+
+SHAPE = (3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return datasets.load("synthetic", in_shape=SHAPE, n_train=160, n_test=48, val_fraction=0.0)
+
+
+def _pair(arch: str, data: datasets.Dataset, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two different nets; BN running statistics made non-trivial so recalibration visibly replaces them."""
+    nets = []
+    for seed in (0, 1):
+        net = models.build(arch, num_classes=data.num_classes, in_shape=data.in_shape, seed=seed, mean=data.mean,
+                           std=data.std, **kwargs)
+        for layer in bn.batchnorm_layers(net):
+            layer.running_mean.normal_(0, 1)
+            layer.running_var.uniform_(0.5, 2.0)
+        nets.append(net.eval())
+    return nets[0], nets[1]
+
+
+CASES = [
+    ("mlp", {"width": 0.125}),
+    ("mlp", {"width": 0.125, "symmetry": "w_asym"}),
+    ("tinyten", {"width": 0.25}),
+    ("tinyten", {"width": 0.25, "symmetry": "sigma_asym"}),
+    ("resnet20", {"width": 0.5, "symmetry": "w_asym"}),
+    ("resnet20", {"width": 0.5, "norm": "groupnorm"}),
+]
+
+
+@pytest.mark.parametrize("arch, kwargs", CASES, ids=[f"{a}-{'-'.join(map(str, k.values()))}" for a, k in CASES])
+def test_stacked_points_match_one_point_at_a_time(images, arch, kwargs):
+    a, b = _pair(arch, images, **kwargs)
+    path = Path(trainable_state(a), trainable_state(b))
+    ts = [0.0, 0.3, 0.7, 1.0]
+    weights = [{k: v.detach() for k, v in path.weights(t).items()} for t in ts]
+    stacked = StackedModel(a, weights)
+    had_bn = stacked.recalibrate(clean_batches(images, "train", 64))
+    assert had_bn == bn.has_batchnorm(a)
+    together = stacked.evaluate(images, "test", batch_size=20)
+    x = images.batch("test")[0]
+    logits = stacked(x)
+    for i, w in enumerate(weights):
+        alone = copy.deepcopy(a)
+        load_weights(alone, w)
+        bn.recalibrate(alone, clean_batches(images, "train", 64))
+        expected = evaluate(alone, images, "test", batch_size=20)
+        assert together[i]["n"] == expected["n"] == images.size("test")
+        assert together[i]["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
+        assert together[i]["acc"] == pytest.approx(expected["acc"], abs=1e-9)
+        with torch.no_grad():
+            torch.testing.assert_close(logits[i], alone(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(stacked.point(i)(x), alone(x), rtol=1e-4, atol=1e-5)
+        for (name, mine), theirs in zip(stacked.point(i).named_buffers(), alone.buffers()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_each_point_keeps_its_own_bn_statistics(images):
+    a, b = _pair("tinyten", images, width=0.25)
+    path = Path(trainable_state(a), trainable_state(b))
+    stacked = StackedModel(a, [path.weights(0.0), path.weights(1.0)])
+    stacked.recalibrate(clean_batches(images, "train", 64))
+    means = [bn.batchnorm_layers(stacked.point(i))[-1].running_mean for i in (0, 1)]
+    assert not torch.allclose(means[0], means[1])  # different weights, different activations, different stats
+
+
+def test_recalibration_replaces_the_statistics_it_was_given(images):
+    a, b = _pair("resnet20", images, width=0.5)
+    stacked = StackedModel(a, [trainable_state(a)])
+    stacked.recalibrate(clean_batches(images, "train", 64))
+    stacked.recalibrate(clean_batches(images, "train", 64))  # twice: a second pass must not accumulate onto the first
+    alone = copy.deepcopy(a)
+    bn.recalibrate(alone, clean_batches(images, "train", 64))
+    for mine, theirs in zip(bn.batchnorm_layers(stacked.point(0)), bn.batchnorm_layers(alone)):
+        torch.testing.assert_close(mine.running_var, theirs.running_var, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("parallel", [2, 4, 9])
+def test_path_profile_is_the_same_whatever_the_points_evaluated_together(images, parallel):
+    a, b = _pair("tinyten", images, width=0.25)
+    path = Path(trainable_state(a), trainable_state(b), kind="bezier", n_bends=3)
+    attack = AttackConfig(eps=0.03, steps=2)
+    kwargs = dict(points=9, attack=attack, batch_size=32, seed=5)
+    reference = path_profile(a, path, images, **kwargs)
+    together = path_profile(a, path, images, parallel_points=parallel, **kwargs)
+    assert list(together.columns) == list(reference.columns)
+    assert "robust_test_acc" in together.columns
+    # robust numbers too: the attack's random starts are drawn in the same order of t
+    torch.testing.assert_close(torch.tensor(together.to_numpy()), torch.tensor(reference.to_numpy()),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_path_profile_rejects_a_bad_parallel_points(images):
+    a, b = _pair("mlp", images, width=0.125)
+    with pytest.raises(ValueError, match="parallel_points must be an integer >= 1"):
+        path_profile(a, Path(trainable_state(a), trainable_state(b)), images, points=3, parallel_points=0)
+
+
+# --- runtime switches ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime, message", [
+    ({"parallel_points": 0}, r"trial.runtime: runtime.parallel_points must be 'auto' or an integer >= 1, got 0"),
+    ({"parallel_points": "all"}, r"runtime.parallel_points must be 'auto' or an integer >= 1, got 'all'"),
+    ({"channels_last": "yes"}, r"runtime.channels_last must be 'auto' or true/false, got 'yes'"),
+    ({"compile": "auto"}, r"runtime.compile must be true or false"),
+    ({"paralel_points": 4}, r"trial.runtime: unknown key 'paralel_points' \(did you mean 'parallel_points'\?\)"),
+])
+def test_bad_runtime_fails_at_parse(runtime, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"runtime": runtime})
+
+
+def test_runtime_defaults_are_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    conv = models.build("tinyten", num_classes=10, in_shape=SHAPE, seed=0, width=0.25)
+    mlp = models.build("mlp", num_classes=10, in_shape=SHAPE, seed=0, width=0.125)
+    default = parse({}).runtime
+    assert (default.points_together(cpu, 25), default.points_together(cuda, 25)) == (1, 25)
+    assert Runtime(parallel_points=8).points_together(cpu, 5) == 5
+    assert (default.use_channels_last(cpu, conv), default.use_channels_last(cuda, conv)) == (False, True)
+    assert not default.use_channels_last(cuda, mlp)  # no convolutions, nothing to reformat
+    assert Runtime(channels_last=True).use_channels_last(cpu, conv)
+
+
+def test_runtime_is_not_part_of_an_endpoint_identity():
+    plain, tuned = parse({}), parse({"runtime": {"parallel_points": 4, "channels_last": True}})
+    assert plain.endpoint_description(0) == tuned.endpoint_description(0)
+
+
+def _train_digits(runtime: Runtime, arch: str = "tinyten") -> tuple[torch.nn.Module, list[dict]]:
+    data = datasets.load("synthetic", in_shape=SHAPE, n_train=128, n_test=32, val_fraction=0.25)
+    model = models.build(arch, num_classes=10, in_shape=SHAPE, seed=0, width=0.25, mean=data.mean, std=data.std)
+    result = train(model, data, Recipe(epochs=2, batch_size=32, augment=False), seed=3, runtime=runtime)
+    return model, result.history
+
+
+def test_channels_last_trains_the_same_model_up_to_rounding():
+    plain, plain_history = _train_digits(Runtime())
+    nhwc, nhwc_history = _train_digits(Runtime(channels_last=True))
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in nhwc.parameters())
+    assert list(plain.state_dict()) == list(nhwc.state_dict())
+    for (name, p), q in zip(plain.state_dict().items(), nhwc.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+    assert nhwc_history[-1]["val_loss"] == pytest.approx(plain_history[-1]["val_loss"], rel=1e-3)
+
+
+def test_compiled_training_matches_eager_and_keeps_parameter_names():
+    eager, eager_history = _train_digits(Runtime(), arch="mlp")
+    compiled, compiled_history = _train_digits(Runtime(compile=True), arch="mlp")
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefixes in stores
+    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled_history[-1]["train_loss"] == pytest.approx(eager_history[-1]["train_loss"], rel=1e-4)
+
+
+def test_trial_with_points_evaluated_together_reports_the_same_barriers():
+    config = {"data": {"name": "digits"}, "model": {"arch": "mlp", "width": 0.125},
+              "train": {"epochs": 3, "batch_size": 64, "augment": False}, "seeds": [0, 1],
+              "align": {"method": "activation", "samples": 200}, "eval": {"points": 5}, "device": "cpu"}
+    one = trial.run(config)["metrics"]
+    together = trial.run({**config, "runtime": {"parallel_points": 5}})["metrics"]
+    keys = [k for k in one if not k.startswith("time/") and not k.endswith("seconds")]
+    assert keys == [k for k in together if not k.startswith("time/") and not k.endswith("seconds")]
+    for key in keys:
+        assert together[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+
+
+def test_runtime_does_not_change_a_trial_key_but_eval_precision_does():
+    from study.spec import trial_key
+
+    base = {"model": {"arch": "mlp"}, "device": "cpu"}
+    assert trial_key({**base, "runtime": {"parallel_points": 3, "compile": True}}) == trial_key(base)
+    assert trial_key({**base, "eval": {"bf16": False}}) != trial_key(base)
