@@ -8,6 +8,7 @@ times per trial (every epoch, every point of a path), and a per-batch ``.item()`
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,6 +23,8 @@ from study.attacks import AttackConfig, pgd
 from study.data import Dataset
 from study.ensemble import StackedModel
 from study.paths import Path
+
+log = logging.getLogger(__name__)
 
 # Inference batch: 256 is ~2.5x faster than 1024 for conv nets on CPU (cache-bound; measured with TinyTen on
 # 32x32 inputs: 7.8k vs 3.0k images/s at 2 threads); GPUs are insensitive to it at these model sizes.
@@ -108,8 +111,8 @@ def path_profile(
 
     ``parallel_points=K > 1`` recalibrates and evaluates K points at a time as one vmapped network
     (:class:`study.ensemble.StackedModel`): the same numbers up to float rounding, with K times fewer kernel
-    launches (the GPU default; one point at a time is faster on a CPU). Robust evaluation still attacks one
-    point at a time. ``bf16`` autocasts the forward passes on CUDA (ignored elsewhere).
+    launches (the GPU default; one point at a time is faster on a CPU). A chunk that runs out of memory is
+    retried with half as many points. Robust evaluation still attacks one point at a time. ``bf16`` autocasts the forward passes on CUDA (ignored elsewhere).
     """
     if points < 3:
         raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
@@ -121,12 +124,24 @@ def path_profile(
     ts = torch.linspace(0.0, 1.0, points).tolist()
     rows: list[dict[str, float]] = []
     previous = None
-    for first in range(0, points, parallel_points):
+    first = 0
+    while first < points:
         chunk = ts[first:first + parallel_points]
         with torch.no_grad():
             weights = [{k: v.detach() for k, v in path.weights(t).items()} for t in chunk]
         with mixed_precision(data.device, bf16):
-            clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples)
+            try:
+                clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples)
+            except torch.cuda.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                parallel_points = (len(chunk) + 1) // 2  # fewer points at a time, same numbers: retry this chunk
+                log.warning("out of memory evaluating %d path points together; retrying with %d", len(chunk),
+                            parallel_points)
+                del weights
+                if data.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             for i, t in enumerate(chunk):
                 row: dict[str, float] = {"t": t}
                 for split in splits:
@@ -141,6 +156,7 @@ def path_profile(
                 rows.append(row)
                 if progress is not None:
                     progress(len(rows), points)
+        first += len(chunk)
     return pd.DataFrame(rows)
 
 

@@ -197,3 +197,27 @@ def test_runtime_does_not_change_a_trial_key_but_eval_precision_does():
     base = {"model": {"arch": "mlp"}, "device": "cpu"}
     assert trial_key({**base, "runtime": {"parallel_points": 3, "compile": True}}) == trial_key(base)
     assert trial_key({**base, "eval": {"bf16": False}}) != trial_key(base)
+
+
+def test_points_that_do_not_fit_in_memory_together_are_retried_in_smaller_chunks(images, monkeypatch, caplog):
+    import study.ensemble
+
+    a, b = _pair("tinyten", images, width=0.25)
+    path = Path(trainable_state(a), trainable_state(b))
+    reference = path_profile(a, path, images, points=7, batch_size=32)
+    sizes = []
+    original = study.ensemble.StackedModel.recalibrate
+
+    def recalibrate_fitting_two(self, inputs):
+        sizes.append(self.k)
+        if self.k > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, inputs)
+
+    monkeypatch.setattr(study.ensemble.StackedModel, "recalibrate", recalibrate_fitting_two)
+    with caplog.at_level("WARNING"):
+        together = path_profile(a, path, images, points=7, batch_size=32, parallel_points=7)
+    assert sizes == [7, 4, 2, 2, 2]  # halved until it fits, then kept (the 7th point runs alone, unstacked)
+    assert "retrying with 4" in caplog.text and "retrying with 2" in caplog.text
+    torch.testing.assert_close(torch.tensor(together.to_numpy()), torch.tensor(reference.to_numpy()),
+                               rtol=1e-4, atol=1e-5)
