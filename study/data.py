@@ -85,7 +85,10 @@ class Dataset:
         augment: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Float inputs in [0, 1] and labels for ``index`` of ``split``, augmented on the device if asked."""
+        """Float inputs in [0, 1] and labels for ``index`` of ``split``, augmented on the device if asked.
+
+        Read-only: for float32 data without an index or augmentation, ``x`` is the stored tensor itself
+        (no copy per batch), so a caller must not modify it in place."""
         x, y = self.split(split)
         if index is not None:
             x, y = x[index], y[index]
