@@ -58,3 +58,37 @@ def test_baseline_and_trial_train_endpoints_to_similar_accuracy():
     mean = lambda m: (m["endpoint_a/test_acc"] + m["endpoint_b/test_acc"]) / 2  # noqa: E731
     assert mean(base) > 0.16 and mean(ours) > 0.16, (base, ours)  # chance is 0.10 (sd 0.02 on 256 images)
     assert abs(mean(base) - mean(ours)) < 0.1, (base, ours)
+
+
+def test_packing_bench_measures_one_level_on_cpu(ray_session, capsys):
+    """bench/packing.py's core at a tiny size: one level, one pair trial, in the tests' shared Ray."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import packing
+    finally:
+        sys.path.remove(str(BENCH))
+    code = packing.main(["--device", "cpu", "--levels", "1", "--trials", "1", "--arch", "mlp", "--width", "0.25",
+                         "--n-train", "128", "--n-test", "64", "--epochs", "1", "--points", "3",
+                         "--align-samples", "128"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "| trials per device | wall s | trials/hour | speed-up vs 1 | device busy |" in out
+    row = re.search(r"^\| 1 \| ([\d.]+) \| (\d+) \| 1\.00x \| ([\d.]+) of \d+ cores \(\d+%\)[^|]* \|$", out, re.M)
+    assert row and float(row.group(1)) > 0 and int(row.group(2)) > 0 and float(row.group(3)) > 0, out
+    assert "threads per trial not set (Ray already running" in out
+    assert re.search(r"^recommended: 1 per device \(highest trials/hour", out, re.M), out
+
+
+def test_runtime_options_bench_times_every_option_and_checks_agreement():
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "runtime_options.py"), "--device", "cpu", "--archs", "tinyten", "--n-train",
+         "128", "--n-test", "64", "--points", "4", "--parallel", "1", "4", "--epochs", "2", "--skip-compile"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=BENCH.parent)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| tinyten \| (\d+) \| fp32 \| ([\d.]+) \| [\d,]+ \| ([\d.]+)x \| ([\d.e+-]+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["1", "4"], out
+    assert float(rows[1][3]) < 1e-4, out  # four points together give the numbers of one at a time
+    options = re.findall(r"^\| tinyten \| (eager|channels_last) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)
+    assert [o[0] for o in options] == ["eager", "channels_last"] and all(float(o[2]) > 0 for o in options), out
