@@ -42,8 +42,11 @@ class Runtime:
       25), 1 on CPU, where grouped convolutions are slower than 25 plain ones (bench/RESULTS.md).
     - ``channels_last``: NHWC memory format for conv nets, which bf16 tensor-core convolutions want.
       ``auto``: on for conv nets on CUDA, off on CPU.
-    - ``compile``: ``torch.compile`` the model for endpoint training and curve fitting. Off by default: it
-      costs tens of seconds of compilation per process and model, which a short trial does not earn back.
+    - ``compile``: ``torch.compile`` the model for endpoint training and curve fitting (evaluation is not
+      compiled: its stacked network is rebuilt per path, so each path would compile again). Off by default:
+      with a cold inductor cache it costs 30-40 s per architecture (later trials on the node hit the cache,
+      ~1.5 s), which short trials do not earn back; and under PGD training, rounding differences flip signs
+      of the attack's gradient, so a compiled run diverges from an eager one like two GPUs' runs would.
     """
 
     parallel_points: int | str = AUTO
