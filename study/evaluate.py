@@ -27,7 +27,8 @@ from study.paths import Path
 log = logging.getLogger(__name__)
 
 # Inference batch: 256 is ~2.5x faster than 1024 for conv nets on CPU (cache-bound; measured with TinyTen on
-# 32x32 inputs: 7.8k vs 3.0k images/s at 2 threads); GPUs are insensitive to it at these model sizes.
+# 32x32 inputs: 7.8k vs 3.0k images/s at 2 threads). On a GPU, stacked path points (study.ensemble) multiply
+# the work per kernel instead; GPU figures for both are pending (bench/RESULTS.md).
 EVAL_BATCH_SIZE = 256
 
 
@@ -112,7 +113,8 @@ def path_profile(
     ``parallel_points=K > 1`` recalibrates and evaluates K points at a time as one vmapped network
     (:class:`study.ensemble.StackedModel`): the same numbers up to float rounding, with K times fewer kernel
     launches (the GPU default; one point at a time is faster on a CPU). A chunk that runs out of memory is
-    retried with half as many points. Robust evaluation still attacks one point at a time. ``bf16`` autocasts the forward passes on CUDA (ignored elsewhere).
+    retried with half as many points. Robust evaluation still attacks one point at a time. ``bf16`` autocasts
+    the forward passes on CUDA (ignored elsewhere).
     """
     if points < 3:
         raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
