@@ -45,7 +45,9 @@ class StackedModel:
         self.model = copy.deepcopy(model)
         self.k = len(weights)
         names = [name for name, _ in self.model.named_parameters()]
-        self.params = {name: torch.stack([w[name].detach() for w in weights]) for name in names}
+        # Standard (NCHW) strides: vmap has no batching rule for some ops on channels_last weights
+        # (as_strided_, reached from adaptive_avg_pool2d), and falls back to a slow loop over the K points.
+        self.params = {name: torch.stack([w[name].detach().contiguous() for w in weights]) for name in names}
         bn_modules = {name for name, m in self.model.named_modules()
                       if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         self.statistics: dict[str, Tensor] = {}

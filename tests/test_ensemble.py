@@ -221,3 +221,23 @@ def test_points_that_do_not_fit_in_memory_together_are_retried_in_smaller_chunks
     assert "retrying with 4" in caplog.text and "retrying with 2" in caplog.text
     torch.testing.assert_close(torch.tensor(together.to_numpy()), torch.tensor(reference.to_numpy()),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetry", ["standard", "w_asym"])
+def test_stacked_points_run_under_bf16_autocast_and_from_channels_last_weights(images, symmetry):
+    """The CUDA configuration's structure (autocast around vmap, NHWC weights) exercised with CPU autocast,
+    without vmap's slow per-point fallback (which channels_last weights once triggered)."""
+    import warnings
+
+    a, b = _pair("resnet20", images, width=0.5, symmetry=symmetry)
+    for net in (a, b):
+        net.to(memory_format=torch.channels_last)
+    path = Path(trainable_state(a), trainable_state(b))
+    reference = path_profile(a, path, images, points=3, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*performance drop.*")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stacked = path_profile(a, path, images, points=3, batch_size=32, parallel_points=3)
+    for column in ("train_loss", "test_loss"):
+        torch.testing.assert_close(torch.tensor(stacked[column].to_numpy()),
+                                   torch.tensor(reference[column].to_numpy()), rtol=3e-2, atol=3e-2)
