@@ -241,3 +241,18 @@ def test_stacked_points_run_under_bf16_autocast_and_from_channels_last_weights(i
     for column in ("train_loss", "test_loss"):
         torch.testing.assert_close(torch.tensor(stacked[column].to_numpy()),
                                    torch.tensor(reference[column].to_numpy()), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("arch", models.available())
+@pytest.mark.parametrize("symmetry", ["standard", "w_asym", "sigma_asym"])
+def test_every_architecture_stacks_without_vmaps_slow_fallback(images, arch, symmetry):
+    """A vmap op without a batching rule silently loops over the K points; none of our layers may need one."""
+    import warnings
+
+    a, b = _pair(arch, images, width=0.25, symmetry=symmetry)
+    path = Path(trainable_state(a), trainable_state(b))
+    stacked = StackedModel(a, [path.weights(t) for t in (0.0, 0.5, 1.0)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*performance drop.*")
+        stacked.recalibrate(clean_batches(images, "train", 64))
+        assert stacked(images.batch("test")[0]).shape == (3, images.size("test"), images.num_classes)
