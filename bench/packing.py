@@ -62,6 +62,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from suite import cpu_model  # noqa: E402  (bench/ is not a package)
 
 from study import models  # noqa: E402
 from study.spec import StudySpec, validate  # noqa: E402
@@ -388,13 +390,7 @@ def table(levels: list[Level]) -> list[str]:
 def device_name(device_type: str, cores: int) -> str:
     if device_type == "cuda":
         return f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible; levels use one)"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"CPU {model}, {cores} cores"
+    return f"CPU {cpu_model()}, {cores} cores"
 
 
 def load_average() -> str:

@@ -60,16 +60,21 @@ def peak_tflops(device_name: str) -> float | None:
     return next((peak for key, peak in PEAKS_BF16 if key.lower() in device_name.lower()), None)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"CPU {model}, {torch.get_num_threads()} threads"
+    return model
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def trial_dict(arch: str, args: argparse.Namespace, device: torch.device, *, epochs: int | None = None) -> dict:
