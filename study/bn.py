@@ -8,9 +8,10 @@ Nets without BatchNorm (LayerNorm/GroupNorm/no norm) need nothing and are left u
 
 from __future__ import annotations
 
-import torch
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 POLICY = "reset+exact-average over one clean pass of the training data, then eval mode"
@@ -24,6 +25,24 @@ def has_batchnorm(model: nn.Module) -> bool:
     return bool(batchnorm_layers(model))
 
 
+@contextmanager
+def cumulative_statistics(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
+    """Train mode with ``momentum=None`` on every BN layer for the duration, so forward passes accumulate the
+    exact average of their batch statistics; momenta restored and eval mode afterwards. Yields the BN layers
+    (whose statistics the caller resets first)."""
+    layers = batchnorm_layers(model)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = None
+    model.train()
+    try:
+        yield layers
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.eval()
+
+
 @torch.no_grad()
 def recalibrate(model: nn.Module, inputs: Tensor | Iterable[Tensor], *, batch_size: int = 256) -> bool:
     """Recompute BN running statistics of ``model`` on ``inputs`` (floats in [0, 1], a tensor split into
@@ -34,21 +53,13 @@ def recalibrate(model: nn.Module, inputs: Tensor | Iterable[Tensor], *, batch_si
     per-batch statistics, i.e. their exact mean over the pass (equal batches, so only a short last batch is
     weighted slightly more than its size).
     """
-    layers = batchnorm_layers(model)
-    model.eval()
-    if not layers:
+    if not has_batchnorm(model):
+        model.eval()
         return False
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-    model.train()
-    try:
+    with cumulative_statistics(model) as layers:
+        for layer in layers:
+            layer.reset_running_stats()
         batches = inputs.split(batch_size) if isinstance(inputs, Tensor) else inputs
         for batch in batches:
             model(batch)
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        model.eval()
     return True

@@ -70,24 +70,16 @@ class StackedModel:
     @torch.no_grad()
     def recalibrate(self, inputs: Iterable[Tensor]) -> bool:
         """The BN policy of :func:`study.bn.recalibrate` for all K points in one pass over ``inputs``."""
-        layers = bn.batchnorm_layers(self.model)
-        self.model.eval()
-        if not layers:
+        if not bn.has_batchnorm(self.model):
+            self.model.eval()
             return False
-        momenta = [layer.momentum for layer in layers]
-        for layer in layers:
-            layer.momentum = None
-            layer.num_batches_tracked.zero_()
-        for name, stat in self.statistics.items():
-            stat.fill_(0.0 if name.endswith("running_mean") else 1.0)
-        self.model.train()
-        try:
+        with bn.cumulative_statistics(self.model) as layers:
+            for layer in layers:
+                layer.num_batches_tracked.zero_()  # shared by the K points; their statistics are reset below
+            for name, stat in self.statistics.items():
+                stat.fill_(0.0 if name.endswith("running_mean") else 1.0)
             for batch in inputs:
                 self(batch)
-        finally:
-            for layer, momentum in zip(layers, momenta):
-                layer.momentum = momentum
-            self.model.eval()
         return True
 
     @torch.no_grad()
