@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import FAILED, FINISHED, factor_columns, is_missing
+from analysis.load import factor_columns, is_missing
+from study.tracking.schema import FAILED, FINISHED
 
 STAT_COLUMNS = ("n", "mean", "std", "ci95", "ci_low", "ci_high")
 COUNT_COLUMNS = ("finished", "failed", "unfinished", "missing")

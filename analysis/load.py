@@ -10,7 +10,7 @@ Columns, in this order:
   stay text. Bundle factors that span sections (the ``trial:`` factor of a spec) lose their ``trial.`` prefix, so
   an architecture is ``model.arch`` whichever way the spec sweeps it. ``seeds`` stays the logged pair
   (``"[0, 1]"``); ``seed_a``/``seed_b`` hold it as integers;
-- metrics: every metric the trial logged (flat names with a ``/``, see :mod:`study.metrics`), as floats, NaN when
+- metrics: every metric the trial logged (flat names with a ``/``, see :mod:`study.core.metrics`), as floats, NaN when
   a run has none (failed runs), plus the derived ``endpoint_mean/test_acc`` (mean of both endpoints' test
   accuracy);
 - ``study_dir`` and ``tracking_uri``: where the run came from (for the profiles).
@@ -22,7 +22,6 @@ from the trials' ``profiles.csv`` artifacts by :func:`load_profiles`, only when 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -35,8 +34,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from analysis.errors import usage_error
+from study.common.errors import SpecError, UsageError
+from study.sweep import spec as study_spec
+from study.tracking import schema
+from study.tracking.schema import FINISHED
+from study.tracking.tracker import flatten_params
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,6 @@ SEED_COLUMNS = ("seed_a", "seed_b")
 SOURCE_COLUMNS = ("study_dir", "tracking_uri")
 NON_FACTORS = frozenset((*META_COLUMNS, *SEED_COLUMNS, *SOURCE_COLUMNS))
 ROOT_BUNDLE = "trial."
-FINISHED, FAILED = "FINISHED", "FAILED"
 ENDPOINT_MEAN = "endpoint_mean/test_acc"
 DERIVED = {ENDPOINT_MEAN: ("endpoint_a/test_acc", "endpoint_b/test_acc")}
 
@@ -98,50 +101,26 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def study_source(directory: str | Path, tracking_uri: str | None = None) -> StudySource:
     """The study in folder ``directory`` (it must hold the ``spec.yaml`` that ``study run`` copies there)."""
-    import yaml
-
     directory = Path(directory)
     spec_file = directory / "spec.yaml"
     if not spec_file.is_file():
         what = "no such folder" if not directory.exists() else "no spec.yaml"
-        raise usage_error(f"{directory}: not a study folder ({what}); give the folder `study run` wrote "
+        raise UsageError(f"{directory}: not a study folder ({what}); give the folder `study run` wrote "
                           f"(<out>/<name>)")
     try:
         raw = yaml.safe_load(spec_file.read_text())
     except yaml.YAMLError as error:
-        raise usage_error(f"{spec_file}: not valid YAML: {error}") from None
+        raise UsageError(f"{spec_file}: not valid YAML: {error}") from None
     name = raw.get("name") if isinstance(raw, Mapping) else None
     if not isinstance(name, str) or not name:
-        raise usage_error(f"{spec_file}: has no study name")
+        raise UsageError(f"{spec_file}: has no study name")
     if tracking_uri is None:
         db = directory / "mlflow.db"
         if not db.is_file():  # opening a missing sqlite store would create (and migrate) an empty one
-            raise usage_error(f"{directory}: no runs yet (no mlflow.db); run the study first: "
+            raise UsageError(f"{directory}: no runs yet (no mlflow.db); run the study first: "
                               f"study resume {directory}")
-        from study.tracking import default_uri
-
-        tracking_uri = default_uri(directory)
+        tracking_uri = schema.default_uri(directory)
     return StudySource(name, directory.resolve(), tracking_uri)
-
-
-def _client(uri: str):
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
-
-
-def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=5000, page_token=token)
-        runs.extend(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return runs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,12 +137,12 @@ def _normalize_names(raw: Mapping[str, str]) -> dict[str, str]:
 
 def _run_row(run: Any, source: StudySource) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     tags = run.data.tags
-    factors = {k[len("factor."):]: v for k, v in tags.items() if k.startswith("factor.")}
+    factors = schema.factors_of(tags)
     if not factors:  # runs logged by other tools: their params are the factors
         factors = dict(run.data.params)
-    meta = {"study": source.name, "run_id": run.info.run_id, "trial_key": tags.get("trial_key", ""),
-            "run_name": tags.get("mlflow.runName", run.info.run_name or ""), "status": run.info.status,
-            "error": tags.get("error", "")}
+    meta = {"study": source.name, "run_id": run.info.run_id, "trial_key": tags.get(schema.TRIAL_KEY, ""),
+            "run_name": tags.get(schema.RUN_NAME, run.info.run_name or ""), "status": run.info.status,
+            "error": tags.get(schema.ERROR, "")}
     return meta, _normalize_names(factors), {k: float(v) for k, v in run.data.metrics.items()}
 
 
@@ -215,22 +194,21 @@ def typed_frame(frames: Sequence[pd.DataFrame], factor_names: Sequence[str]) -> 
 # Planned grid
 # ---------------------------------------------------------------------------------------------------------------
 def _planned_from_spec(source: StudySource) -> list[dict[str, str]] | None:
-    """Every trial of the spec's grid, as the factor strings its run is tagged with (None: not a grid)."""
-    import yaml
+    """Every trial of the spec's grid, as the factor strings its run is tagged with (None: not a grid).
 
-    from study.tracking import flatten_params
-
+    The grid is the spec module's own expansion, so a table's "missing" rows are exactly the trials that
+    ``study run`` plans."""
     if source.directory is None or not (source.directory / "spec.yaml").is_file():
         return None
-    raw = yaml.safe_load((source.directory / "spec.yaml").read_text())
-    if not isinstance(raw, Mapping) or raw.get("search", "grid") != "grid":
+    try:
+        spec = study_spec.load(source.directory / "spec.yaml")
+    except SpecError as error:
+        log.warning("%s: planned trials unknown, the spec no longer validates (%s)", source.directory,
+                    error.problems[0])
         return None
-    factors = raw.get("factors") or {}
-    if not isinstance(factors, Mapping) or not all(isinstance(v, list) and v for v in factors.values()):
+    if spec.search != "grid":
         return None
-    keys = list(factors)
-    return [_normalize_names(flatten_params(dict(zip(keys, combo))))
-            for combo in itertools.product(*(factors[k] for k in keys))]
+    return [_normalize_names(flatten_params(item.factors)) for item in spec.trials]
 
 
 def _planned_inferred(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -261,22 +239,22 @@ def load(dirs: Iterable[str | Path] = (), *, tracking_uri: str | None = None,
     sources = [study_source(d, tracking_uri) for d in dirs]
     if experiments:
         if tracking_uri is None:
-            raise usage_error("experiments by name need a tracking URI (--tracking-uri)")
+            raise UsageError("experiments by name need a tracking URI (--tracking-uri)")
         sources += [StudySource(name, None, tracking_uri) for name in experiments]
     if not sources:
-        raise usage_error("no study given: name at least one study folder")
+        raise UsageError("no study given: name at least one study folder")
     sources = list(dict.fromkeys(sources))  # the same study twice would count every run twice
 
     metas, factor_rows, metric_rows, planned_rows, planned_from = [], [], [], [], {}
     for source in sources:
-        client = _client(source.tracking_uri)
+        client = schema.open_client(source.tracking_uri)
         experiment = client.get_experiment_by_name(source.name)
         where = source.directory if source.directory is not None else source.tracking_uri
         if experiment is None:
-            raise usage_error(f"{where}: no runs (no MLflow experiment {source.name!r} in {source.tracking_uri})")
-        runs = _search_all(client, experiment.experiment_id, "tags.kind = 'trial'")
+            raise UsageError(f"{where}: no runs (no MLflow experiment {source.name!r} in {source.tracking_uri})")
+        runs = schema.search_all(client, experiment.experiment_id, schema.kind_filter(schema.TRIAL_RUN))
         if not runs:
-            raise usage_error(f"{where}: no trial runs in study {source.name!r} yet (has it run? "
+            raise UsageError(f"{where}: no trial runs in study {source.name!r} yet (has it run? "
                               f"`study status` shows its progress)")
         rows = [_run_row(run, source) for run in runs]
         for meta, factors, metrics in rows:
@@ -312,12 +290,6 @@ def load(dirs: Iterable[str | Path] = (), *, tracking_uri: str | None = None,
         runs[column] = runs[column].fillna("").astype("str")
     runs = runs.sort_values(["study", *factor_names], kind="stable", na_position="last").reset_index(drop=True)
     return StudyData(runs, planned_frame, sources, planned_from)
-
-
-def load_runs(dirs: Iterable[str | Path] = (), *, tracking_uri: str | None = None,
-              experiments: Iterable[str] = ()) -> pd.DataFrame:
-    """Just the runs frame of :func:`load`."""
-    return load(dirs, tracking_uri=tracking_uri, experiments=experiments).runs
 
 
 def load_profiles(runs: pd.DataFrame, *, finished_only: bool = True) -> pd.DataFrame:
@@ -363,7 +335,7 @@ def _read_profile(row: pd.Series, clients: dict[str, Any]) -> pd.DataFrame | Non
     uri = row.get("tracking_uri")
     if not uri:
         return None
-    client = clients.setdefault(uri, _client(uri))
+    client = clients.setdefault(uri, schema.open_client(uri))
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(row["run_id"], "profiles.csv", tmp)

@@ -21,7 +21,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import keys, level_order, summarize
-from analysis.load import FINISHED, StudyData, StudySource, factor_columns, load_profiles, path_kinds
+from analysis.load import StudyData, StudySource, factor_columns, load_profiles, path_kinds
+from study.common.errors import UsageError
+from study.common.validation import unknown_name
+from study.tracking import schema
+from study.tracking.schema import FINISHED
 
 FORMATS = ("png", "pdf")
 EPS = "train.attack.eps"
@@ -186,13 +190,12 @@ def plot_barrier_by_symmetry(runs: pd.DataFrame, hue: Sequence[str], stem: Path,
 # ---------------------------------------------------------------------------------------------------------------
 def plot_study(data: StudyData, out_dir: str | Path, *, by: Sequence[str] | None = None) -> list[Path]:
     """Every plot that fits the study into ``out_dir``; returns the files written (PNG and PDF of each)."""
-    from analysis.errors import unknown, usage_error
 
     runs, planned = data.runs, data.planned
     factors = [*factor_columns(runs), "study"]
     for column in by or []:
         if column not in factors:
-            raise unknown("factor", column, factors)
+            raise UsageError(unknown_name("factor", column, factors))
     hue = list(by) if by is not None else default_hue(runs, planned)
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -206,23 +209,19 @@ def plot_study(data: StudyData, out_dir: str | Path, *, by: Sequence[str] | None
     if _varying(SYMMETRY, runs, planned) and "barrier_chord/linear/test_loss" in runs and len(finished):
         written += plot_barrier_by_symmetry(finished, hue, out_dir / "barrier_by_symmetry", planned=planned)
     if not written:
-        raise usage_error(f"nothing to plot for {', '.join(s.name for s in data.sources)}: no finished run has "
+        raise UsageError(f"nothing to plot for {', '.join(s.name for s in data.sources)}: no finished run has "
                           f"a profiles.csv, and the study sweeps neither {EPS} nor {SYMMETRY}")
     return written
 
 
 def log_to_parent(source: StudySource, paths: Sequence[Path], artifact_path: str = "plots") -> str | None:
     """Attach ``paths`` to the study's parent run (tag ``kind=study``); returns its run id (None: no parent)."""
-    from analysis.load import _client
-
-    client = _client(source.tracking_uri)
+    client = schema.open_client(source.tracking_uri)
     experiment = client.get_experiment_by_name(source.name)
-    if experiment is None:
+    parent = None if experiment is None else schema.parent_run(client, experiment.experiment_id)
+    if parent is None:
         return None
-    parents = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'study'", max_results=1)
-    if not parents:
-        return None
-    run_id = parents[0].info.run_id
+    run_id = parent.info.run_id
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path=artifact_path)
     return run_id

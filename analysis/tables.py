@@ -32,8 +32,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.aggregate import default_baseline, keys, level_order, paired_differences, summarize
-from analysis.errors import unknown, usage_error
 from analysis.load import ENDPOINT_MEAN, factor_columns, is_missing, metric_columns, path_kinds
+from study.common.errors import UsageError
+from study.common.validation import unknown_name
 
 PAIRED_DEFAULT = "align.method"
 
@@ -64,20 +65,17 @@ class TableDef:
     rows: tuple[str, ...]
     metrics: Callable[[Sequence[str]], list[str]] | None
     paired: str | None
-    spec: str
 
 
 TABLES: dict[str, TableDef] = {t.name: t for t in (
     TableDef("alignment", "Test accuracy along the path, unaligned vs aligned endpoints (Tatro et al. 2020)",
-             ("model.arch", "data.name", "align.method"), _alignment_metrics, PAIRED_DEFAULT,
-             "searchspaces/neuron_alignment.yaml"),
+             ("model.arch", "data.name", "align.method"), _alignment_metrics, PAIRED_DEFAULT),
     TableDef("symmetry", "Linear-path barriers of standard vs asymmetric networks, with and without weight "
              "matching (Lim et al. 2024)", ("model.arch", "data.name", "model.symmetry", "align.method"),
-             _symmetry_metrics, PAIRED_DEFAULT, "searchspaces/asymmetric_lmc.yaml"),
+             _symmetry_metrics, PAIRED_DEFAULT),
     TableDef("robust", "Clean and robust loss barriers against the PGD training epsilon, aligned vs unaligned",
-             ("train.attack.eps", "curve.train.attack.eps", "align.method"), _robust_metrics, PAIRED_DEFAULT,
-             "searchspaces/robust_barrier.yaml"),
-    TableDef("custom", "Custom table", (), None, None, "any"),
+             ("train.attack.eps", "curve.train.attack.eps", "align.method"), _robust_metrics, PAIRED_DEFAULT),
+    TableDef("custom", "Custom table", (), None, None),
 )}
 
 
@@ -276,22 +274,18 @@ class Table:
 # ---------------------------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------------------------
-def _levels(column: str, runs: pd.DataFrame, planned: pd.DataFrame | None) -> list[Hashable]:
-    return level_order(column, planned, runs)
-
-
 def _resolve_metrics(requested: Sequence[str], available: Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in requested:
         if any(ch in item for ch in "*?["):
             matches = fnmatch.filter(available, item)
             if not matches:
-                raise unknown("metric pattern", item, available)
+                raise UsageError(unknown_name("metric pattern", item, available))
             out += matches
         elif item in available:
             out.append(item)
         else:
-            raise unknown("metric", item, available)
+            raise UsageError(unknown_name("metric", item, available))
     return list(dict.fromkeys(out))
 
 
@@ -306,13 +300,13 @@ def _match_level(text: Any, levels: Sequence[Hashable], factor: str) -> Hashable
                 return level
         except (TypeError, ValueError):
             pass
-    raise unknown(f"level of {factor}", str(text), [str(v) for v in levels])
+    raise UsageError(unknown_name(f"level of {factor}", str(text), [str(v) for v in levels]))
 
 
 def table_def(name: str) -> TableDef:
     """The registered table ``name``; a usage error with a did-you-mean for anything else."""
     if name not in TABLES:
-        raise unknown("table", name, list(TABLES))
+        raise UsageError(unknown_name("table", name, list(TABLES)))
     return TABLES[name]
 
 
@@ -325,17 +319,17 @@ def select(runs: pd.DataFrame, planned: pd.DataFrame | None, where: Sequence[str
     for item in where:
         factor, sep, text = item.partition("=")
         if not sep:
-            raise usage_error(f"--where {item!r}: expected FACTOR=VALUE, e.g. model.symmetry=standard")
+            raise UsageError(f"--where {item!r}: expected FACTOR=VALUE, e.g. model.symmetry=standard")
         if factor not in factors:
-            raise unknown("factor", factor, factors)
-        levels = [v for v in _levels(factor, runs, planned) if v is not None]
+            raise UsageError(unknown_name("factor", factor, factors))
+        levels = [v for v in level_order(factor, planned, runs) if v is not None]
         wanted.setdefault(factor, []).append(_match_level(text, levels, factor))
     for factor, values in wanted.items():
         runs = runs[[k[0] in values for k in keys(runs, [factor])]]
         if planned is not None and factor in planned:
             planned = planned[[k[0] in values for k in keys(planned, [factor])]]
     if wanted and not len(runs):
-        raise usage_error(f"no runs match {' '.join(where)}")
+        raise UsageError(f"no runs match {' '.join(where)}")
     return runs, planned
 
 
@@ -357,8 +351,8 @@ def build_table(name: str, runs: pd.DataFrame, planned: pd.DataFrame | None = No
 
     for factor in [*(by or []), *columns]:
         if factor not in factors:
-            raise unknown("factor", factor, factors)
-    varying = {f for f in factors if len([v for v in _levels(f, runs, planned)]) > 1}
+            raise UsageError(unknown_name("factor", factor, factors))
+    varying = {f for f in factors if len([v for v in level_order(f, planned, runs)]) > 1}
     if by is None:
         rows = [f for f in definition.rows if f in factors]
     else:
@@ -366,25 +360,25 @@ def build_table(name: str, runs: pd.DataFrame, planned: pd.DataFrame | None = No
     rows = list(dict.fromkeys([*rows, *columns]))
     constant = [f for f in rows if f not in varying]
     if constant:
-        values = {f: ", ".join(MARKDOWN.value(v) for v in _levels(f, runs, planned)) or "–" for f in constant}
+        values = {f: ", ".join(MARKDOWN.value(v) for v in level_order(f, planned, runs)) or "–" for f in constant}
         notes.append("Constant: " + ", ".join(f"{f} = {v}" for f, v in values.items()) + ".")
     rows = [f for f in rows if f in varying]
     columns = [c for c in columns if c in rows]
     pooled = [f for f in sorted(varying - set(rows) - {"seeds", "study"}, key=factors.index)]
     if pooled:
         notes.append("Pooled over: " + "; ".join(
-            f"{f} ({', '.join(MARKDOWN.value(v) for v in _levels(f, runs, planned))})" for f in pooled) + ".")
+            f"{f} ({', '.join(MARKDOWN.value(v) for v in level_order(f, planned, runs))})" for f in pooled) + ".")
 
     if metrics:
         chosen = _resolve_metrics(metrics, available)
     elif definition.metrics is None:
-        raise usage_error(f"table {name!r} needs --metric M [M ...] (and usually --by F ...); available metrics: "
+        raise UsageError(f"table {name!r} needs --metric M [M ...] (and usually --by F ...); available metrics: "
                           f"{', '.join(available[:40])}{' ...' if len(available) > 40 else ''}")
     else:
         wanted = definition.metrics(available)
         chosen = [m for m in wanted if m in available]
         if not chosen:
-            raise usage_error(f"table {name!r}: these runs logged none of its metrics ({', '.join(wanted)}); "
+            raise UsageError(f"table {name!r}: these runs logged none of its metrics ({', '.join(wanted)}); "
                               f"name others with --metric")
         absent = [m for m in wanted if m not in available]
         if absent:
@@ -395,14 +389,14 @@ def build_table(name: str, runs: pd.DataFrame, planned: pd.DataFrame | None = No
     paired_frame, base = None, None
     if factor is not None:
         if factor not in factors or factor == "study":
-            raise unknown("factor", factor, factors[:-1])
-        levels = [v for v in _levels(factor, runs, planned) if v is not None]
+            raise UsageError(unknown_name("factor", factor, factors[:-1]))
+        levels = [v for v in level_order(factor, planned, runs) if v is not None]
         if len(levels) > 1:
             base = default_baseline(levels) if baseline is None else _match_level(baseline, levels, factor)
             paired_frame = paired_differences(runs, factor, chosen, by=rows, baseline=base, planned=planned,
                                               confidence=confidence)
         elif paired != "default":
-            raise usage_error(f"--paired {factor}: the runs have only one level of it "
+            raise UsageError(f"--paired {factor}: the runs have only one level of it "
                               f"({', '.join(map(str, levels)) or 'none'}); nothing to compare")
         else:
             factor = None

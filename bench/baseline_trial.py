@@ -2,7 +2,7 @@
 
     python bench/baseline_trial.py [--device cuda] [--arch tinyten] [--n-train 50000] [--epochs 10] [--points 25]
 
-Same work as ``study.trial.run`` with activation alignment and a 3-bend Bezier curve (same models, same synthetic
+Same work as ``study.core.trial.run`` with activation alignment and a 3-bend Bezier curve (same models, same synthetic
 data, same recipe), but: fp32 only; data kept on the CPU in a ``TensorDataset`` and fed by a
 ``DataLoader(batch_size=128, shuffle=True)``, each batch copied to the device; a plain per-batch loop that reads
 the loss back every step; and at every evaluated t a full BatchNorm pass over the training set through the
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from study import align, data as datasets, metrics, models
-from study import permutation as P
-from study.paths import CurveModel, Path, trainable_state
+from study.core import align, data as datasets, metrics, models
+from study.core import permutation as P
+from study.core.paths import CurveModel, Path, trainable_state
 
 
 def _sync(device: torch.device) -> None:

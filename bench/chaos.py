@@ -61,11 +61,14 @@ def _env(ray_tmp: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def study_cli(args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``study ARGS`` in a subprocess, output to ``log`` (a pipe could fill up and stall the driver)."""
+def study_cli(args: list[str], *, env: dict[str, str], log: Path, faults: bool = False) -> subprocess.Popen:
+    """``study ARGS`` in a subprocess, output to ``log`` (a pipe could fill up and stall the driver).
+
+    ``faults``: the same command with pair trials that obey ``<study>/.faults`` markers (tests/support/faults.py)."""
     handle = open(log, "a")  # noqa: SIM115 - the child owns it for its lifetime
+    command = [str(ROOT / "tests" / "support" / "faults.py")] if faults else ["-m", "study.cli"]
     try:
-        return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=ROOT, env=env, stdout=handle,
+        return subprocess.Popen([sys.executable, *command, *args], cwd=ROOT, env=env, stdout=handle,
                                 stderr=subprocess.STDOUT)
     finally:
         handle.close()
@@ -93,7 +96,7 @@ def audit(study_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """What a finished (or stopped) study left: MLflow runs by kind and status, the endpoint store, retries."""
     import mlflow
 
-    from study.spec import validate
+    from study.sweep.spec import validate
     from study.store import EndpointStore
 
     planned = validate(spec)
@@ -281,7 +284,7 @@ def node_loss(work: Path, spec: dict[str, Any], *, workers: int = 3, kill_in: tu
     ``kill_in`` (an endpoint trial, then a pair trial), adding a fresh node after each kill."""
     import yaml
 
-    from study.spec import validate
+    from study.sweep.spec import validate
 
     endpoints = len(validate(spec).endpoints())
     work.mkdir(parents=True, exist_ok=True)
@@ -428,7 +431,7 @@ def trial_faults(work: Path, spec: dict[str, Any], *, once: list[str], always: l
     try:
         start = time.time()
         rc = study_cli(["run", str(work / "spec.yaml"), "--out", str(work / "out"), "--quiet"], env=_env(ray_tmp),
-                       log=work / "run.log").wait()
+                       log=work / "run.log", faults=True).wait()
         wall = time.time() - start
         status = subprocess.run([sys.executable, "-m", "study.cli", "status", str(study_dir)], cwd=ROOT,
                                 env=_env(ray_tmp), capture_output=True, text=True)

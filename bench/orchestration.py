@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def noop_overhead(trials: int) -> None:
-    import study.tune as tune_module
-    from study.spec import validate
+    import study.sweep.driver as tune_module
+    from study.sweep.spec import validate
 
     def noop_pair(tune_config, *, spec, study_dir):  # same signature as the real pair trainable
         from ray import tune

@@ -5,14 +5,14 @@ for each N in ``--levels``, with the device's busy share of the wall time, and t
                             [--n-train 50000] [--n-test 10000] [--epochs 10] [--points 25]
                             [--align-samples 2000] [--threads-per-trial T] [--interval 0.5]
 
-Each level runs a fresh study (``study.tune.run_study``) in its own temporary folder, so every level trains its
+Each level runs a fresh study (``study.sweep.driver.run_study``) in its own temporary folder, so every level trains its
 endpoints (nothing comes from a store) and pays its own Ray start, as a real ``study run`` does. The study is
 M pair trials that differ only in their seed pair (``seeds: [[i, i + 1000] for i in range(M)]``): synthetic
 CIFAR-shaped data (3x32x32, 10 classes, offline, no augmentation), batch 128, activation alignment, a 3-bend
 Bezier curve trained with the endpoints' recipe, ``--points`` points on the linear path and on the curve.
 
 - Level N on CUDA: ``resources: {cpu: 1, gpu: 1/N}``, ``device: cuda`` (Ray packs N trials on the GPU;
-  ``study.tune`` also caps each trial's CUDA allocations at 1/N of the device). One thread per trial. Ray is
+  ``study.sweep.driver`` also caps each trial's CUDA allocations at 1/N of the device). One thread per trial. Ray is
   started with only the first visible GPU (``CUDA_VISIBLE_DEVICES``), so N trials share one device.
 - Level N on CPU: ``resources: {cpu: C/N}`` with C = ``os.cpu_count()``, ``device: cpu``, and
   ``floor(C/N)`` (at least 1) torch threads per trial. Nothing in ``study/`` sets threads: a Ray worker uses
@@ -65,8 +65,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from suite import cpu_model  # noqa: E402  (bench/ is not a package)
 
-from study import models  # noqa: E402
-from study.spec import StudySpec, validate  # noqa: E402
+from study.core import models  # noqa: E402
+from study.sweep.spec import StudySpec, validate  # noqa: E402
 
 IN_SHAPE = (3, 32, 32)
 BATCH = 128
@@ -333,7 +333,7 @@ def run_level(n: int, args: argparse.Namespace, cores: int) -> Level:
     """One fresh study with N trials per device, timed and sampled."""
     import ray
 
-    from study.tune import run_study
+    from study.sweep.driver import run_study
 
     trials = args.trials or default_trials(args.device, n)
     running = ray.is_initialized()

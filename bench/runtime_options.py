@@ -1,4 +1,4 @@
-"""Does each runtime switch (study.accel.Runtime) pay on this device? Measured, so the defaults are chosen from data.
+"""Does each runtime switch (study.core.runtime.Runtime) pay on this device? Measured, so the defaults are chosen from data.
 
     python bench/runtime_options.py [--device cuda|cpu] [--archs tinyten resnet20] [--n-train N] [--points 25]
                                     [--parallel 1 5 25] [--epochs 3] [--skip-compile]
@@ -28,11 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import device_name  # noqa: E402
 
-from study import data as datasets, models, trial  # noqa: E402
-from study.accel import Runtime  # noqa: E402
-from study.evaluate import path_profile  # noqa: E402
-from study.paths import Path as WeightPath, trainable_state  # noqa: E402
-from study.train import Recipe, train  # noqa: E402
+from study.core import data as datasets, models
+from study.core import trial  # noqa: E402
+from study.core.runtime import Runtime  # noqa: E402
+from study.core.evaluate import path_profile  # noqa: E402
+from study.core.paths import Path as WeightPath, trainable_state  # noqa: E402
+from study.core.train import Recipe, train  # noqa: E402
 
 DEFAULTS = {"cuda": {"n_train": 50000, "n_test": 10000, "points": 25, "parallel": [1, 5, 25]},
             "cpu": {"n_train": 1000, "n_test": 250, "points": 10, "parallel": [1, 5, 10]}}

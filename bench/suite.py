@@ -1,4 +1,4 @@
-"""The benchmark suite of issue 7: throughput, pair-trial seconds, achieved TFLOP/s, and the speed-up over the
+"""The benchmark suite: throughput, pair-trial seconds, achieved TFLOP/s, and the speed-up over the
 straightforward fp32 DataLoader baseline (bench/baseline_trial.py), all measured in one run.
 
     python bench/suite.py [--device cuda|cpu] [--archs tinyten resnet20 resnet32] [--n-train 50000]
@@ -8,10 +8,10 @@ straightforward fp32 DataLoader baseline (bench/baseline_trial.py), all measured
 Workload: synthetic CIFAR-shaped data (3×32×32, 10 classes, offline, no augmentation), batch 128, SGD momentum
 0.9, lr 0.05, cosine. Per architecture it prints
 - images/s of endpoint training (clean), curve fitting (3-bend Bezier) and PGD training (5 L∞ steps), each an
-  epoch over ``--tp-samples`` images after a short warm-up, through ``study.train`` (curve: ``trial.fit_curve``);
+  epoch over ``--tp-samples`` images after a short warm-up, through ``study.core.train`` (curve: ``trial.fit_curve``);
 - achieved TFLOP/s of endpoint training (FLOPs of one training step counted with ``FlopCounterMode``, times the
   images trained, over the time) and, on CUDA, its share of the device's dense bf16 peak;
-- seconds of one pair trial through ``study.trial.run`` (2 endpoints × E epochs, activation alignment on up to
+- seconds of one pair trial through ``study.core.trial.run`` (2 endpoints × E epochs, activation alignment on up to
   10k images, 3-bend Bezier curve E epochs, ``--points`` points on the linear path and on the curve, each with
   BN recalibration over the training set) with its per-phase split;
 - the baseline's seconds for the same trial and the ratio baseline/ours.
@@ -41,11 +41,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baseline_trial  # noqa: E402  (bench/ is not a package)
 
-from study import config as trial_config, data as datasets, models, trial  # noqa: E402
-from study.attacks import AttackConfig  # noqa: E402
-from study.paths import trainable_state  # noqa: E402
-from study.accel import mixed_precision  # noqa: E402
-from study.train import Recipe, train  # noqa: E402
+from study.core import config as trial_config, data as datasets, models
+from study.core import trial  # noqa: E402
+from study.core.attacks import AttackConfig  # noqa: E402
+from study.core.paths import trainable_state  # noqa: E402
+from study.core.runtime import mixed_precision  # noqa: E402
+from study.core.train import Recipe, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IN_SHAPE = (3, 32, 32)

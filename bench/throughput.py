@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
-from study import data as datasets
-from study import models
-from study.attacks import AttackConfig
-from study.train import Recipe, train
+from study.core import data as datasets
+from study.core import models
+from study.core.attacks import AttackConfig
+from study.core.train import Recipe, train
 
 SHAPES = {"mlp": (1, 28, 28), "tinyten": (3, 32, 32), "resnet20": (3, 32, 32), "resnet32": (3, 32, 32),
           "vgg11": (3, 32, 32)}

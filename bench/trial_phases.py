@@ -13,7 +13,7 @@ import platform
 
 import torch
 
-from study import trial
+from study.core import trial
 
 WORKLOADS = {
     "mlp/digits": {"data": {"name": "digits"}, "model": {"arch": "mlp", "width": 0.25}, "batch": 64},

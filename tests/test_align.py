@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import align, bn, models
-from study import permutation as P
+from study.core import align, bn, models
+from study.core import permutation as P
+from study.core.align import weight
 
 
 def _trained(arch: str, shape: tuple[int, ...], width: float, steps: int = 20, **options) -> torch.nn.Module:
@@ -55,8 +56,8 @@ def test_resnet_weight_matching_reaches_at_least_the_planted_objective():
     model_b, planted = _planted(model_a)
     result = align.match(model_a, model_b, method="weight", seed=1, restarts=2)
     spec = model_a.permutation_spec()
-    params_a, params_b = align._params(model_a, spec), align._params(model_b, spec)
-    planted_objective = align._objective(spec, params_a, params_b, P.inverse(planted))
+    params_a, params_b = weight._params(model_a, spec), weight._params(model_b, spec)
+    planted_objective = weight._objective(spec, params_a, params_b, P.inverse(planted))
     assert result.diagnostics["objective"] >= planted_objective - 1e-6 * abs(planted_objective)
     assert result.diagnostics["objective"] > result.diagnostics["objective_identity"]
 
@@ -106,12 +107,12 @@ def test_bn_recalibration_recovers_training_statistics():
 @pytest.mark.parametrize("method", ["activation", "weight"])
 def test_linear_barrier_after_aligning_a_permuted_copy_is_zero(method):
     """The whole chain on real data: align, interpolate, recalibrate BN, evaluate -> barrier 0."""
-    from study import data as datasets
-    from study import metrics
-    from study.evaluate import path_profile
-    from study.paths import Path, trainable_state
+    from study.core import data as datasets
+    from study.core import metrics
+    from study.core.evaluate import path_profile
+    from study.core.paths import Path, trainable_state
 
-    from study.train import Recipe, train
+    from study.core.train import Recipe, train
 
     digits = datasets.load("digits")
     model_a = models.build("tinyten", num_classes=10, in_shape=digits.in_shape, mean=digits.mean, std=digits.std,

@@ -25,7 +25,8 @@ from analysis.load import load, load_profiles
 from study import cli
 from mlflow.entities import Metric, Param
 
-from study.tracking import default_uri, flatten_params
+from study.tracking.schema import default_uri
+from study.tracking.tracker import flatten_params
 
 FACTORS = {
     "seeds": [[0, 1], [2, 3], [4, 5]],

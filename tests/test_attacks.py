@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.attacks import AttackConfig, frozen_batchnorm_stats, pgd
+from study.core.attacks import AttackConfig, frozen_batchnorm_stats, pgd
 
 DIM, CLASSES = 16, 4
 
@@ -30,7 +30,7 @@ def toy_batch(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small MLP fitted full-batch to the blobs (plain loop: these tests do not depend on study.train)."""
+    """A small MLP fitted full-batch to the blobs (plain loop: these tests do not depend on study.core.train)."""
     model = make_mlp()
     x, y = toy_batch(512, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from study import data as data_mod
-from study.data import Dataset, DatasetNotFoundError, available, load, random_crop_flip
+from study.core import data as data_mod
+from study.core.data import Dataset, DatasetNotFoundError, available, load, random_crop_flip
 
 VISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 

@@ -1,4 +1,4 @@
-"""Path points evaluated together (study.ensemble) and the runtime switches (study.accel).
+"""Path points evaluated together (study.core.ensemble) and the runtime switches (study.core.runtime).
 
 The property that matters: running K points as one vmapped network gives each point the numbers it gets on its
 own (same BN statistics, losses, accuracies, robust numbers) for every architecture family and symmetry, so the
@@ -12,14 +12,14 @@ import copy
 import pytest
 import torch
 
-from study import bn, data as datasets, models, trial
-from study.accel import Runtime
-from study.config import ConfigError, parse
-from study.attacks import AttackConfig
-from study.ensemble import StackedModel
-from study.evaluate import clean_batches, evaluate, load_weights, path_profile
-from study.paths import Path, trainable_state
-from study.train import Recipe, train
+from study.core import bn, data as datasets, models, trial
+from study.core.runtime import Runtime
+from study.core.config import ConfigError, parse
+from study.core.attacks import AttackConfig
+from study.core.ensemble import StackedModel
+from study.core.evaluate import clean_batches, evaluate, load_weights, path_profile
+from study.core.paths import Path, trainable_state
+from study.core.train import Recipe, train
 
 SHAPE = (3, 8, 8)
 
@@ -170,9 +170,31 @@ def test_channels_last_trains_the_same_model_up_to_rounding():
     assert nhwc_history[-1]["val_loss"] == pytest.approx(plain_history[-1]["val_loss"], rel=1e-3)
 
 
-def test_compiled_training_matches_eager_and_keeps_parameter_names():
+def test_compiled_training_matches_eager_and_keeps_parameter_names(monkeypatch):
+    """Runtime(compile=True) trains through a torch.compile wrapper that shares the model's parameters: the
+    forward passes really go through compiled graphs, and the stored state (names and values) is the eager one.
+
+    torch.compile is pointed at the ``aot_eager`` backend here (Dynamo capture and AOT autograd, no Inductor
+    code generation): what this test checks is our wiring, not Inductor's kernels, and a cold Inductor cache
+    would cost 20-40 s for that."""
+    real_compile = torch.compile
+    compiled_calls, graphs = [], []
+
+    def counting_aot_eager(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    def compile_for_test(model, **kwargs):
+        compiled_calls.append(model)
+        return real_compile(model, **{**kwargs, "backend": counting_aot_eager})
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    torch._dynamo.reset()
     eager, eager_history = _train_digits(Runtime(), arch="mlp")
+    assert not compiled_calls and not graphs
     compiled, compiled_history = _train_digits(Runtime(compile=True), arch="mlp")
+    torch._dynamo.reset()
+    assert compiled_calls == [compiled] and graphs  # the model was compiled and its graphs were run
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefixes in stores
     for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
@@ -192,7 +214,7 @@ def test_trial_with_points_evaluated_together_reports_the_same_barriers():
 
 
 def test_runtime_does_not_change_a_trial_key_but_eval_precision_does():
-    from study.spec import trial_key
+    from study.sweep.spec import trial_key
 
     base = {"model": {"arch": "mlp"}, "device": "cpu"}
     assert trial_key({**base, "runtime": {"parallel_points": 3, "compile": True}}) == trial_key(base)
@@ -200,13 +222,13 @@ def test_runtime_does_not_change_a_trial_key_but_eval_precision_does():
 
 
 def test_points_that_do_not_fit_in_memory_together_are_retried_in_smaller_chunks(images, monkeypatch, caplog):
-    import study.ensemble
+    import study.core.ensemble
 
     a, b = _pair("tinyten", images, width=0.25)
     path = Path(trainable_state(a), trainable_state(b))
     reference = path_profile(a, path, images, points=7, batch_size=32)
     sizes = []
-    original = study.ensemble.StackedModel.recalibrate
+    original = study.core.ensemble.StackedModel.recalibrate
 
     def recalibrate_fitting_two(self, inputs):
         sizes.append(self.k)
@@ -214,7 +236,7 @@ def test_points_that_do_not_fit_in_memory_together_are_retried_in_smaller_chunks
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, inputs)
 
-    monkeypatch.setattr(study.ensemble.StackedModel, "recalibrate", recalibrate_fitting_two)
+    monkeypatch.setattr(study.core.ensemble.StackedModel, "recalibrate", recalibrate_fitting_two)
     with caplog.at_level("WARNING"):
         together = path_profile(a, path, images, points=7, batch_size=32, parallel_points=7)
     assert sizes == [7, 4, 2, 2, 2]  # halved until it fits, then kept (the 7th point runs alone, unstacked)

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from study import models
-from study import permutation as P
-from study.models.layers import FiGLU, WAsymConv2d, WAsymLinear, _WAsymMixin
+from study.core import models
+from study.core import permutation as P
+from study.core.models.layers import FiGLU, WAsymConv2d, WAsymLinear, WAsymLayer
 
 ARCH_SHAPES = {"mlp": (40,), "tinyten": (3, 16, 16), "vgg11": (3, 16, 16), "resnet20": (3, 16, 16),
                "resnet32": (3, 8, 8)}
@@ -25,7 +25,7 @@ def _build(arch: str, symmetry: str, **kwargs):
 
 
 def _asym_layers(model):
-    return [m for m in model.modules() if isinstance(m, _WAsymMixin)]
+    return [m for m in model.modules() if isinstance(m, WAsymLayer)]
 
 
 def _fit_steps(model, optimizer, steps=5, shape=(40,)):
@@ -84,26 +84,71 @@ def test_w_asym_overrides_per_group_and_clipped_defaults():
     assert all(m.kappa == 2.0 for m in _asym_layers(model))
 
 
+def _acting_weight(layer: WAsymLinear) -> torch.Tensor:
+    """The weight a linear layer computes with, read off its outputs alone: column j is layer(e_j) − layer(0)."""
+    with torch.no_grad():
+        return (layer(torch.eye(layer.in_features)) - layer(torch.zeros(1, layer.in_features))).t()
+
+
 @pytest.mark.parametrize("make_optimizer", [
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-3),
     lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
 ], ids=["sgd-wd", "adamw"])
 def test_w_asym_fixed_entries_never_move(make_optimizer):
+    """Under training (momentum, coupled or decoupled weight decay) the layer keeps computing with the drawn κZ
+    at its fixed positions, while every other entry it computes with trains; measured on the layer's outputs."""
     model = _build("mlp", "w_asym")
     layers = _asym_layers(model)
-    before = [layer.effective_weight().detach().clone() for layer in layers]
-    weights_before = [layer.weight.detach().clone() for layer in layers]
-    optimizer = make_optimizer(model.parameters())
-    _fit_steps(model, optimizer)
-    for layer, eff_before, w_before in zip(layers, before, weights_before):
+    before = [_acting_weight(layer) for layer in layers]
+    _fit_steps(model, make_optimizer(model.parameters()))
+    for layer, acting_before in zip(layers, before):
         fixed = layer.asym_mask == 0
-        eff_after = layer.effective_weight().detach()
-        assert torch.equal(eff_after[fixed], eff_before[fixed])
-        assert torch.all(layer.weight[fixed] == 0)  # raw entries stay exactly 0
+        acting_after = _acting_weight(layer)
+        assert int(fixed.sum()) == layer.weight.shape[0] * layer.n_fix > 0
+        assert torch.all(layer.asym_fixed[fixed] != 0)  # κZ with κ > 0: a moved entry could not hide as 0
+        torch.testing.assert_close(acting_after[fixed], acting_before[fixed], rtol=0, atol=1e-6)
+        torch.testing.assert_close(acting_after[fixed], layer.asym_fixed[fixed], rtol=0, atol=1e-6)
+        moved = (acting_after[~fixed] - acting_before[~fixed]).abs() > 1e-6
+        assert moved.float().mean() > 0.9  # the trainable entries did train
+        assert torch.all(layer.weight[fixed] == 0)  # raw entries stay exactly 0 (weight matching sees no junk)
         assert torch.all(layer.weight.grad[fixed] == 0)
-        assert not torch.equal(eff_after[~fixed], eff_before[~fixed])  # the rest trained
-        assert torch.allclose(eff_before[fixed] / layer.kappa, layer.asym_fixed[fixed] / layer.kappa)
-        assert not torch.equal(layer.weight, w_before)
+        assert torch.any(layer.weight.grad[~fixed] != 0)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "tinyten", "resnet20"])
+def test_w_asym_layers_compute_like_a_plain_layer_with_the_effective_weight(arch):
+    """W_eff = M ⊙ W + (1 − M) ⊙ κZ (Lim et al.): each W-Asym layer gives the outputs of a plain nn.Linear/Conv2d
+    holding the raw weight where M = 1 and the fixed value where M = 0, whatever the raw weight holds at the
+    fixed positions (here: noise, as a corrupted checkpoint could)."""
+    model = _build(arch, "w_asym")
+    g = torch.Generator().manual_seed(5)
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, WAsymLayer)]
+    assert layers
+    for name, layer in layers:
+        keep = layer.asym_mask == 1
+        assert torch.all((layer.asym_mask == 0) | keep), name  # a 0/1 mask
+        assert torch.all(layer.asym_fixed[keep] == 0), name  # no fixed value where the entry trains
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+        if isinstance(layer, WAsymLinear):
+            plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            x = torch.randn(8, layer.in_features, generator=g)
+        else:
+            assert isinstance(layer, WAsymConv2d)
+            plain = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                    padding=layer.padding, bias=layer.bias is not None)
+            x = torch.randn(2, layer.in_channels, 8, 8, generator=g)
+        with torch.no_grad():
+            plain.weight.copy_(torch.where(keep, layer.weight, layer.asym_fixed))
+            if layer.bias is not None:
+                plain.bias.copy_(layer.bias)
+            torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5, msg=name)
+            # the raw weight alone is not what it computes with (the fixed entries matter)
+            plain.weight.copy_(layer.weight)
+            assert not torch.allclose(layer(x), plain(x), rtol=1e-3, atol=1e-3), name
+        fixed_values = layer.asym_fixed[~keep] / layer.kappa
+        if fixed_values.numel() >= 500:  # Z ~ N(0, 1): the fixed values have scale κ
+            assert 0.85 < float(fixed_values.std()) < 1.15 and abs(float(fixed_values.mean())) < 0.15, name
 
 
 def test_mask_seed_controls_fixed_tensors_and_seed_controls_weights():
@@ -124,7 +169,7 @@ def test_mask_seed_controls_fixed_tensors_and_seed_controls_weights():
 
 _FINGERPRINT = """
 import hashlib, torch
-from study import models
+from study.core import models
 m = models.build("resnet20", symmetry="{sym}", num_classes=10, in_shape=(3, 16, 16), width=0.5, mask_seed=11)
 h = hashlib.sha256()
 for k, v in m.state_dict().items():

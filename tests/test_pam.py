@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from study import align, metrics, models, pam, trial
-from study import data as datasets
-from study import permutation as P
-from study.evaluate import path_profile
-from study.paths import Path, trainable_state
-from study.train import Recipe, train
+from study.core import align, metrics, models, trial
+from study.core.align import pam
+from study.core import data as datasets
+from study.core import permutation as P
+from study.core.evaluate import path_profile
+from study.core.paths import Path, trainable_state
+from study.core.train import Recipe, train
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +139,12 @@ def test_sinkhorn_projection_is_doubly_stochastic():
 
 @pytest.mark.parametrize("options, message", [
     ({"init": "corr"}, r"unknown pam init 'corr'.*allowed: identity, activation"),
-    ({"rounds": 0}, r"rounds must be an integer >= 1, got 0"),
-    ({"rounds": 1.5}, r"rounds must be an integer >= 1, got 1.5"),
-    ({"curve_epochs": 0}, r"curve_epochs must be an integer >= 1, got 0"),
-    ({"perm_steps": -1}, r"perm_steps must be an integer >= 0, got -1"),
-    ({"perm_lr": 0.0}, r"perm_lr must be a number > 0, got 0.0"),
-    ({"proximal": -1.0}, r"proximal must be a number >= 0, got -1.0"),
+    ({"rounds": 0}, r"pam: rounds must be an integer in \[1, inf\), got 0"),
+    ({"rounds": 1.5}, r"pam: rounds must be an integer in \[1, inf\), got 1.5"),
+    ({"curve_epochs": 0}, r"pam: curve_epochs must be an integer in \[1, inf\), got 0"),
+    ({"perm_steps": -1}, r"pam: perm_steps must be an integer in \[0, inf\), got -1"),
+    ({"perm_lr": 0.0}, r"pam: perm_lr must be a number in \(0, inf\), got 0.0"),
+    ({"proximal": -1.0}, r"pam: proximal must be a number in \[0, inf\), got -1.0"),
     ({"recipe": {"epocs": 3}}, r"unknown key 'epocs'"),
     ({"recipe": {"epochs": 3}}, r"curve_epochs"),
 ])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from study import models, paths
+from study.core import models, paths
 
 
 @pytest.mark.parametrize("kind, n", [("linear", 2), ("bezier", 3), ("bezier", 5), ("polychain", 3), ("polychain", 4)])

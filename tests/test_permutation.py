@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study import models
-from study import permutation as P
+from study.core import models
+from study.core import permutation as P
 
 # (arch, options, in_shape, width): small widths keep the suite fast; every architecture × norm is covered.
 STANDARD_CASES = [
@@ -124,8 +124,12 @@ def test_spec_sizes_are_checked():
     spec = model.permutation_spec()
     sizes = spec.sizes(model.state_dict())
     assert sizes == {"P_layer0": 64, "P_layer1": 64, "P_layer2": 64}
-    bad = P.PermutationSpec({**spec.axes, "head.weight": (None, "P_layer0")})
+    # A spec that puts P_layer0 on the head's 10 output rows disagrees with the 64-unit layers it also acts on.
+    bad = P.PermutationSpec({**spec.axes, "head.weight": ("P_layer0", "P_layer2")})
+    with pytest.raises(ValueError, match=r"'P_layer0' acts on axes of sizes 64 and 10 \(head.weight\[0\]\)"):
+        bad.sizes(model.state_dict())
+    # A state dict whose first layer has grown disagrees with the correct spec.
     state = dict(model.state_dict())
     state["linears.0.weight"] = torch.zeros(65, 40)
     with pytest.raises(ValueError, match="P_layer0"):
-        bad.sizes(state)
+        spec.sizes(state)

@@ -16,6 +16,7 @@ removes the note.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,14 @@ def test_sigkilled_driver_is_resumed_without_duplicates_retraining_or_leftover_r
     assert f"closed {r['runs_after_kill'][('trial', 'RUNNING')]} MLflow run(s) left RUNNING" in r["resume_output"]
     marker = r["session_marker"]
     assert marker is not None and marker["session_dir"].startswith(str(Path("/tmp")))
-    names = {name for _, name in r["left_after_kill"]}
-    assert not names & {"raylet", "gcs_server"}  # the core dies with the driver ...
-    # ... the agents do not (Ray 2.60); the resume reports stopping them.
-    if names:
-        assert f"stopped {len(names)} Ray process(es)" in r["resume_output"]
+    left = sorted(name for _, name in r["left_after_kill"])
+    assert not set(left) & {"raylet", "gcs_server"}  # the core dies with the driver ...
+    # ... the agents do not (Ray 2.60): the resume stops exactly the processes of that session left running,
+    # and reports them (no report when none were left).
+    stopped = re.search(r"stopped (\d+) Ray process\(es\) left running by this study's killed driver "
+                        r"\(pid \d+, [^)]*\): (.*)$", r["resume_output"], re.M)
+    reported = (int(stopped.group(1)), sorted(stopped.group(2).strip().split(", "))) if stopped else (0, [])
+    assert reported == (len(left), left), _tail(r["resume_output"])
 
     # `study resume` finishes it: one run per trial, all FINISHED, none RUNNING (orphans were closed as KILLED
     # on resume and then re-opened and finished by the rerun), the parent run FINISHED.
@@ -114,7 +118,7 @@ def test_orphan_cleanup_stops_only_the_dead_drivers_session_and_never_a_live_one
 
     import psutil
 
-    from study.tune import RAY_SESSION_FILE, stop_orphaned_ray
+    from study.sweep.ray_session import RAY_SESSION_FILE, stop_orphaned_ray
 
     session = tmp_path / "ray" / "session_2026-01-01_00-00-00_000001_42"
     (session / "logs").mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from study import cli
-from study.spec import SpecError, load, set_path, validate
+from study.sweep.spec import SpecError, load, set_path, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "searchspaces").glob("*.yaml"))
@@ -104,7 +104,7 @@ MALFORMED = [
      r"option 'n_fix' only applies to symmetry 'w_asym'"),
     (_with("trial/data", {"name": "digitz"}), r"trial: trial.data: unknown data set 'digitz' \(did you mean 'digits'\?\)"),
     (_with("trial/data", {"name": "digits", "options": {"tset_fraction": 0.1}}), r"'tset_fraction' \(did you mean 'test_fraction'\?\)"),
-    (_with("trial/store", "/tmp/x"), r"trial.store: set by the study"),
+    (_with("trial/store", "/tmp/x"), r"trial: unknown key 'store'"),
     (_with("trial/train", {"epochs": 0}), r"Recipe.epochs must be an integer"),
     (_with("trial/device", "gpu"), r"unknown device 'gpu'"),
     (_with("resources", {"cpu": -1}), r"resources.cpu: must be a number >= 0"),
@@ -139,9 +139,9 @@ def test_several_problems_are_reported_at_once():
     ("not: [valid", "not valid YAML"),
 ], ids=[f"cli{i}" for i in range(9)])
 def test_cli_exits_2_and_starts_nothing(tmp_path, capsys, monkeypatch, raw, message):
-    import study.tune
+    import study.sweep.driver
 
-    monkeypatch.setattr(study.tune, "run_study", lambda *a, **k: pytest.fail("started a study"))
+    monkeypatch.setattr(study.sweep.driver, "run_study", lambda *a, **k: pytest.fail("started a study"))
     path = tmp_path / "spec.yaml"
     path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
     out = tmp_path / "out"
@@ -189,9 +189,9 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path, capsys):
     (lambda raw: raw.update(resources={"cpu": 1, "gpu": 8}), r"resources.gpu: 8 per trial, but this machine has"),
 ])
 def test_machine_specific_problems_stop_the_run_before_ray_starts(tmp_path, capsys, monkeypatch, edit, message):
-    import study.tune
+    import study.sweep.driver
 
-    monkeypatch.setattr(study.tune, "run_study", lambda *a, **k: pytest.fail("started a study"))
+    monkeypatch.setattr(study.sweep.driver, "run_study", lambda *a, **k: pytest.fail("started a study"))
     raw = copy.deepcopy(GOOD)
     edit(raw)
     path = tmp_path / "spec.yaml"

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.store import EndpointStore, StoredEndpoint, canonical_json, endpoint_key
+from study.common.identity import canonical_json
+from study.common.identity import content_key as endpoint_key
+from study.store import EndpointStore, StoredEndpoint
 
 DESCRIPTION = {"format": 1, "data": {"name": "digits", "augment": False}, "seed": 3,
                "model": {"arch": "mlp", "width": 0.5, "symmetry": "w_asym", "options": {"n_fix": 4}, "mask_seed": 7},
@@ -122,7 +124,7 @@ def test_a_new_process_computes_the_same_key_and_reads_identical_weights(tmp_pat
     store.put(key, _state(), description=DESCRIPTION, metadata={})
     child = (
         "import json, sys, hashlib\n"
-        "from study.store import EndpointStore, endpoint_key\n"
+        "from study.common.identity import content_key as endpoint_key\nfrom study.store import EndpointStore\n"
         "desc = json.loads(sys.argv[2])\n"
         "got = EndpointStore(sys.argv[1]).get(endpoint_key(desc))\n"
         "h = hashlib.sha256()\n"
@@ -230,7 +232,7 @@ def _write_lock(store: EndpointStore, key: str, **payload) -> Path:
 
 
 def test_lock_of_a_dead_process_on_this_host_is_broken(tmp_path, caplog):
-    from study.store import _host_identity
+    from study.store.lock import host_identity as _host_identity
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -14,9 +14,10 @@ import mlflow
 import pytest
 import yaml
 
-from study.spec import validate
+from study.sweep.spec import validate
 from study.store import EndpointStore
-from study.tune import run_study
+from study.sweep.driver import run_study
+from tests.support.faults import FaultyTrial
 
 SPEC = {
     "name": "e2e",
@@ -72,7 +73,7 @@ def test_transient_failure_is_retried_and_permanent_failure_is_reported(ray_sess
     (study_dir / ".faults").mkdir(parents=True)
     (study_dir / ".faults" / "once-0-1").touch()
     (study_dir / ".faults" / "always-1-2").write_text("oom")
-    outcome = run_study(validate(SPEC), study_dir, show_progress=False)
+    outcome = run_study(validate(SPEC), study_dir, show_progress=False, trial_fn=FaultyTrial(study_dir))
     table = outcome.results
     assert outcome.failed == 2  # both trials of seeds [1, 2]
     failed = table[table["status"] == "FAILED"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from study import cli
-from study.tracking import TrackingUnavailable, _RetryingClient
+from study.common.errors import TrackingUnavailable
+from study.tracking.tracker import _RetryingClient
 
 
 class FlakyClient:
@@ -46,9 +47,9 @@ def test_resuming_a_study_whose_mlflow_db_vanished_is_refused(tmp_path, capsys, 
     (study / "spec.yaml").write_text(yaml.safe_dump({
         "name": "s", "trial": {"data": {"name": "digits"}, "model": {"arch": "mlp"}, "device": "cpu"},
         "factors": {"seeds": [[0, 1]]}}))
-    import study.tune as tune_module
+    from study.sweep import ray_session
 
-    monkeypatch.setattr(tune_module, "_init_ray", lambda *a, **k: pytest.fail("started Ray"))
+    monkeypatch.setattr(ray_session, "init_ray", lambda *a, **k: pytest.fail("started Ray"))
     assert cli.main(["resume", str(study)]) == 2
     err = capsys.readouterr().err
     assert "mlflow.db is missing, but this study has run before" in err and "Traceback" not in err

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from study.attacks import AttackConfig
-from study.data import Dataset
-from study.evaluate import evaluate
-from study.train import DivergenceError, Recipe, TrainResult, lr_schedule, train
+from study.core.attacks import AttackConfig
+from study.core.data import Dataset
+from study.core.evaluate import evaluate
+from study.core.train import DivergenceError, Recipe, TrainResult, lr_schedule, train
 
 CLASSES = 4
 
@@ -233,3 +233,72 @@ def test_resuming_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_r
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for key, value in straight.items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+# --- what identifies a trained endpoint ---------------------------------------------------------------------------
+# A setting that cannot change the trained weights must not change the endpoint's store key (changing it would
+# retrain every endpoint for nothing); one that can must.
+
+def _key(train: dict, seed: int = 0) -> str:
+    from study.core.config import parse
+
+    return parse({"train": train}).endpoint_key(seed)
+
+
+WEIGHT_NEUTRAL = [  # (recipe, the same recipe with a setting changed that training never reads)
+    ({}, {"eval_batch_size": 17}),  # only the per-epoch val pass uses it
+    ({"schedule": "cosine"}, {"schedule": "cosine", "step_milestones": [0.2, 0.9], "step_gamma": 0.5}),
+    ({"schedule": "constant"}, {"schedule": "constant", "step_gamma": 0.3}),
+    ({"optimizer": "adamw", "lr": 1e-3}, {"optimizer": "adamw", "lr": 1e-3, "momentum": 0.0}),  # SGD-only
+    ({"attack": {"eps": 0.04}}, {"attack": {"eps": 0.04, "alpha": 0.01}}),  # alpha=None means eps/4
+]
+
+
+@pytest.mark.parametrize("recipe, same", WEIGHT_NEUTRAL, ids=[str(s) for _, s in WEIGHT_NEUTRAL])
+def test_settings_that_cannot_change_the_weights_do_not_change_the_endpoint_key(recipe, same):
+    assert _key(same) == _key(recipe)
+    assert Recipe.from_dict(same).to_dict() != Recipe.from_dict(recipe).to_dict()  # the full recipe keeps them
+
+
+WEIGHT_CHANGING = [
+    {"lr": 0.02}, {"epochs": 11}, {"batch_size": 64}, {"optimizer": "adamw"}, {"momentum": 0.8},
+    {"nesterov": True}, {"weight_decay": 0.0}, {"schedule": "step"}, {"warmup_epochs": 1},
+    {"schedule": "step", "step_milestones": [0.4, 0.8]}, {"schedule": "step", "step_gamma": 0.5},
+    {"label_smoothing": 0.1}, {"augment": False}, {"bf16": False}, {"attack": {"eps": 0.03}},
+    {"attack": {"eps": 0.03, "alpha": 0.01}}, {"attack": {"eps": 0.03, "steps": 3}},
+    {"attack": {"eps": 0.03, "norm": "l2"}}, {"attack": {"eps": 0.03, "random_start": False}},
+]
+
+
+@pytest.mark.parametrize("change", WEIGHT_CHANGING, ids=[str(c) for c in WEIGHT_CHANGING])
+def test_settings_that_change_the_weights_change_the_endpoint_key(change):
+    base = {"schedule": "step"} if "step_milestones" in change or "step_gamma" in change else {}
+    if "attack" in change:
+        base = {"attack": {"eps": 0.04}} if change["attack"] == {"eps": 0.03} else {"attack": {"eps": 0.03}}
+    assert _key(change) != _key(base)
+
+
+def test_the_seed_and_the_attack_strength_change_the_endpoint_key():
+    assert _key({}, seed=1) != _key({}, seed=0)
+    assert _key({"attack": {"eps": 0.03}}) != _key({"attack": {"eps": 0.02}}) != _key({})
+
+
+def test_endpoint_keys_of_recipes_at_the_defaults_are_unchanged():
+    """Weight-neutral settings are pinned, not dropped, in the identity: existing endpoint stores stay valid."""
+    from study.core.config import parse
+
+    assert parse({}).endpoint_key(0) == "afc1639aa78099517bdf6d04"
+    cfg = parse({"train": {"attack": {"eps": 0.03}}, "model": {"arch": "tinyten", "width": 0.5}})
+    assert cfg.endpoint_key(3) == "50cdfbb4dce76ea6a3706178"
+
+
+@pytest.mark.parametrize("same", [{"eval_batch_size": 7}, {"step_milestones": (0.1, 0.2), "step_gamma": 0.9}],
+                         ids=["eval_batch_size", "step-under-cosine"])
+def test_weight_neutral_settings_really_give_the_same_weights(same):
+    data = toy_data(n_train=128, n_eval=64)
+    recipe = Recipe(**{**FAST, "epochs": 2})
+    a, b = mlp(), mlp()
+    train(a, data, recipe, seed=0)
+    train(b, data, Recipe(**{**FAST, "epochs": 2, **same}), seed=0)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from study import data as datasets
-from study import metrics, models, trial
-from study import permutation as P
-from study.config import ConfigError, parse
-from study.evaluate import path_profile
-from study.paths import CurveModel, Path, trainable_state
+from study.core import data as datasets
+from study.core import metrics, models, trial
+from study.core import permutation as P
+from study.core.config import ConfigError, parse
+from study.core.evaluate import path_profile
+from study.core.paths import CurveModel, Path, trainable_state
+from study.store import EndpointStore
 
 # Small, fast and still meaningful: MLP 3×128 on sklearn's digits, 12 epochs (~1 s per endpoint on 2 cores).
 BASE = {
@@ -91,8 +92,8 @@ def test_curve_endpoints_reproduce_endpoint_predictions_after_bn_recalibration(d
     profile = path_profile(a, curve, digits, points=3, splits=("test",))
     for model, t_index in ((a, 0), (b, -1)):
         reference = copy.deepcopy(model)
-        from study import bn
-        from study.evaluate import EVAL_BATCH_SIZE, clean_batches, evaluate
+        from study.core import bn
+        from study.core.evaluate import EVAL_BATCH_SIZE, clean_batches, evaluate
         bn.recalibrate(reference, clean_batches(digits, "train", EVAL_BATCH_SIZE))
         expected = evaluate(reference, digits, "test")
         assert profile["test_loss"].iloc[t_index] == pytest.approx(expected["loss"], rel=1e-5)
@@ -109,14 +110,15 @@ def test_store_reuses_endpoints_across_trials_and_processes(tmp_path, monkeypatc
         return real_train(model, *args, **kwargs)
 
     monkeypatch.setattr(trial, "train", counting_train)
-    config = _config(store=str(tmp_path / "endpoints"), train={**BASE["train"], "epochs": 2})
-    first = trial.run(config)
+    config = _config(train={**BASE["train"], "epochs": 2})
+    store = EndpointStore(tmp_path / "endpoints")
+    first = trial.run(config, store=store)
     assert sorted(calls) == [0, 1]
-    second = trial.run(_config(**{**config, "align": {"method": "weight"}}))
+    second = trial.run(_config(**{**config, "align": {"method": "weight"}}), store=EndpointStore(store.root))
     assert sorted(calls) == [0, 1]  # nothing retrained
     assert second["endpoints"]["a"]["cached"] and not first["endpoints"]["a"]["cached"]
     assert second["metrics"]["endpoint_a/test_acc"] == first["metrics"]["endpoint_a/test_acc"]
-    third = trial.run(_config(**{**config, "seeds": [1, 2]}))
+    third = trial.run(_config(**{**config, "seeds": [1, 2]}), store=store)
     assert sorted(calls) == [0, 1, 2]
     assert third["metrics"]["endpoint_a/test_acc"] == first["metrics"]["endpoint_b/test_acc"]
 
@@ -139,11 +141,11 @@ def test_trial_result_has_the_documented_shape():
 @pytest.mark.slow
 def test_science_alignment_and_curves_lower_the_barrier(tmp_path):
     """Standard MLPs on digits: aligned linear barrier < unaligned; a trained Bezier curve < the linear path."""
-    store = str(tmp_path / "endpoints")
+    store = EndpointStore(tmp_path / "endpoints")
     curve = {"kind": "bezier", "bends": 3, "train": {"epochs": 12, "batch_size": 64, "lr": 0.05, "augment": False}}
-    unaligned = trial.run(_config(store=store, curve=curve))["metrics"]
-    aligned = trial.run(_config(store=store, align={"method": "activation"}))["metrics"]
-    weight = trial.run(_config(store=store, align={"method": "weight"}))["metrics"]
+    unaligned = trial.run(_config(curve=curve), store=store)["metrics"]
+    aligned = trial.run(_config(align={"method": "activation"}), store=store)["metrics"]
+    weight = trial.run(_config(align={"method": "weight"}), store=store)["metrics"]
     key = "barrier_chord/linear/test_loss"
     print(f"\nunaligned {unaligned[key]:.4f} activation {aligned[key]:.4f} weight {weight[key]:.4f} "
           f"bezier {unaligned['barrier_chord/bezier/test_loss']:.4f} "
@@ -197,3 +199,46 @@ def test_adversarial_curve_fitting_attacks_theta_t_and_reports_robust_barriers()
     assert (profile["robust_test_loss"] > profile["test_loss"]).all()  # the attack hurts at every t
     assert m["robust/barrier_chord/bezier/test_loss"] < m["robust/barrier_chord/linear/test_loss"]
     assert result["config"]["curve"]["train"]["attack"]["eps"] == 0.05
+
+
+# --- nets where a permutation is not a symmetry ------------------------------------------------------------------
+# LayerNorm, not BASE's norm-free net: a W-Asym MLP without normalisation starts with logits of std ~70 on digits
+# (the fixed entries κZ add up layer after layer) and diverges at lr 0.05. No BatchNorm either, so the path at
+# t=1 is endpoint B exactly (no recalibration in between).
+TINY = {"train": {**BASE["train"], "epochs": 2}, "eval": {"points": 3}, "align": {"method": "weight"},
+        "model": {"arch": "mlp", "width": 0.25, "options": {"norm": "layernorm", "act": "relu"}}}
+
+
+@pytest.mark.parametrize("symmetry", ["w_asym", "sigma_asym"])
+def test_alignment_on_an_asymmetric_pair_is_a_diagnostic_and_the_paths_use_b_as_trained(symmetry):
+    config = _config(**{**TINY, "model": {**TINY["model"], "symmetry": symmetry}})
+    result = trial.run(config)
+    m, linear = result["metrics"], result["profiles"]["linear"]
+    assert m["align/applied"] == 0.0 and result["alignment"]["applied"] is False
+    assert m["align/function_preserving"] == 0.0
+    assert m["dist/after_alignment"] == m["dist/before_alignment"] > 0
+    assert linear["t"].iloc[-1] == 1.0
+    assert linear["test_loss"].iloc[-1] == pytest.approx(m["endpoint_b/test_loss"], rel=1e-6)
+    assert linear["test_acc"].iloc[-1] == pytest.approx(m["endpoint_b/test_acc"])
+    assert linear["test_loss"].iloc[0] == pytest.approx(m["endpoint_a/test_loss"], rel=1e-6)
+
+
+def test_alignment_on_a_standard_pair_is_applied():
+    result = trial.run(_config(**TINY))
+    m = result["metrics"]
+    assert m["align/applied"] == 1.0 and result["alignment"]["applied"] is True
+    assert m["dist/after_alignment"] < m["dist/before_alignment"]
+    # aligned B computes the same function as B: the path still ends at B's test loss
+    assert result["profiles"]["linear"]["test_loss"].iloc[-1] == pytest.approx(m["endpoint_b/test_loss"], rel=1e-5)
+
+
+# --- alignment options are checked with the config ---------------------------------------------------------------
+def test_a_misspelt_alignment_option_fails_at_parse_with_a_suggestion(monkeypatch):
+    bad = _config(align={"method": "weight", "options": {"max_sweep": 3}})
+    with pytest.raises(ConfigError, match=r"trial\.align: .*'max_sweep'.*did you mean 'max_sweeps'\?"):
+        parse(bad)
+    assert parse(_config(align={"method": "weight", "options": {"max_sweeps": 3}})).align.options == {"max_sweeps": 3}
+    monkeypatch.setattr(trial, "train", lambda *a, **k: pytest.fail("trained despite a bad alignment option"))
+    monkeypatch.setattr(trial, "load_data", lambda *a, **k: pytest.fail("loaded data despite a bad config"))
+    with pytest.raises(ConfigError, match="max_sweep"):
+        trial.run(bad)

@@ -1,0 +1,76 @@
+"""The ``study`` command: run, resume, inspect, browse and analyse studies.
+
+Every user mistake (a bad spec, a missing folder, a missing data set, an unreachable store) is a
+:class:`~study.common.errors.UserError`: one readable message, exit status 2, nothing started or written.
+Nothing else in the package imports this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from study.cli import analysis_commands, commands
+from study.common.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="study", description="Ablation studies of parameter symmetries and "
+                                     "mode connectivity (Ray Tune + MLflow).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def execution_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster head); "
+                       "default: start a local Ray")
+        p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default: sqlite in the study folder")
+        p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+        p.add_argument("--quiet", action="store_true", help="no live progress line")
+
+    p = sub.add_parser("run", help="run a study spec (YAML)", description="Run a study: every unique endpoint "
+                       "once, then the pair trials; results go to OUT/<name>.")
+    p.add_argument("spec")
+    p.add_argument("--out", default="studies", help="parent folder of the study folder (default: ./studies)")
+    execution_flags(p)
+    p.set_defaults(func=commands.cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study", description="Continue a study from its "
+                       "folder: finished trials are kept, stored endpoints are not retrained.")
+    p.add_argument("dir")
+    execution_flags(p)
+    p.set_defaults(func=commands.cmd_resume)
+
+    p = sub.add_parser("status", help="trial counts and failures of a study")
+    p.add_argument("dir")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=commands.cmd_status)
+
+    p = sub.add_parser("ui", help="open the MLflow UI of a study (binds 127.0.0.1)")
+    p.add_argument("dir")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=commands.cmd_ui)
+
+    p = sub.add_parser("validate", help="check a study spec without running anything")
+    p.add_argument("spec")
+    p.set_defaults(func=commands.cmd_validate)
+    analysis_commands.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: "
+                        "%(message)s")
+    if not args.verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,77 @@
+"""Error messages for bad input, one way everywhere: name the bad value, list the allowed ones, suggest."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+
+def did_you_mean(value: Any, allowed: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed value, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_choice(kind: str, value: Any, allowed: Iterable[Any]) -> ValueError:
+    """A ValueError naming the bad value, the closest match and the allowed ones."""
+    allowed = list(allowed)
+    return ValueError(f"unknown {kind} {value!r}{did_you_mean(value, allowed)}; "
+                      f"allowed: {', '.join(map(str, allowed))}")
+
+
+def reject_unknown_keys(where: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Raise for the first key of ``given`` not in ``allowed`` (a typo in a config must never be ignored)."""
+    allowed = list(allowed)
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(given).__name__}: {given!r}")
+    for key in given:
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, allowed)}; "
+                             f"allowed: {', '.join(allowed)}")
+
+
+def unknown_name(kind: str, value: str, allowed: Iterable[str], *, limit: int = 40) -> str:
+    """``unknown factor 'x' (did you mean 'y'?); available: a, b, c`` (long lists are cut at ``limit``)."""
+    allowed = list(allowed)
+    shown = ", ".join(allowed[:limit]) + (f", ... ({len(allowed) - limit} more)" if len(allowed) > limit else "")
+    return f"unknown {kind} {value!r}{did_you_mean(value, allowed)}; available: {shown or '(none)'}"
+
+
+def check_number(where: str, value: Any, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
+    """``value`` (as float unless ``integer``), or a ValueError naming ``where`` and the allowed interval.
+
+    Booleans are not numbers here (YAML's ``yes`` would otherwise be 1), NaN and infinities never pass, and a
+    string gets a hint, since YAML 1.1 reads ``1e-3`` (no dot) as text."""
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    kind = "an integer" if integer else "a number"
+    types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types):
+        hint = " (note: YAML reads 1e-3 as a string; write 1.0e-3)" if isinstance(value, str) else ""
+        raise ValueError(f"{where} must be {kind} in {interval}, got {value!r} ({type(value).__name__}){hint}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+        raise ValueError(f"{where} must be {kind} in {interval}, got {value!r}")
+    return value if integer else float(value)
+
+
+def check_bool(where: str, value: Any) -> bool:
+    """``value`` if it is a real boolean, else a ValueError (``"false"`` as text is truthy, so it must not pass)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(where: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``allowed``, else a ValueError with the closest match."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}"
+                         f"{did_you_mean(value, allowed)}")
+    return value

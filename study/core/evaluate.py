@@ -1,0 +1,184 @@
+"""Loss and accuracy of a model on one split, clean or under a PGD attack.
+
+One function serves both so that clean and robust numbers are computed the same way (same batching, same
+reduction, same eval mode). Sums stay on the device and are read once at the end: evaluation runs dozens of
+times per trial (every epoch, every point of a path), and a per-batch ``.item()`` would stall a GPU each batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from study.core import bn
+from study.core.runtime import mixed_precision
+from study.core.attacks import AttackConfig, pgd
+from study.core.data import Dataset
+from study.core.ensemble import StackedModel
+from study.core.paths import Path
+
+log = logging.getLogger(__name__)
+
+# Inference batch: 256 is ~2.5x faster than 1024 for conv nets on CPU (cache-bound; measured with TinyTen on
+# 32x32 inputs: 7.8k vs 3.0k images/s at 2 threads). On a GPU, stacked path points (study.core.ensemble) multiply
+# the work per kernel instead; GPU figures for both are pending (bench/RESULTS.md).
+EVAL_BATCH_SIZE = 256
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    attack: AttackConfig | None = None,
+    generator: torch.Generator | None = None,
+    max_samples: int | None = None,
+) -> dict:
+    """``{"loss": mean cross-entropy, "acc": accuracy, "n": samples}`` of ``model`` on ``split`` in eval mode.
+
+    With an enabled ``attack`` each batch is replaced by its PGD examples first (``generator`` seeds the random
+    start). ``max_samples`` evaluates only the first samples of the split (a cheap, deterministic subset).
+    The model's previous train/eval mode is restored. An empty split gives NaN loss and accuracy.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    n = data.size(split) if max_samples is None else min(max_samples, data.size(split))
+    attacking = attack is not None and not attack.disabled
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum = torch.zeros((), device=data.device)
+        correct = torch.zeros((), dtype=torch.int64, device=data.device)
+        for start in range(0, n, batch_size):
+            x, y = data.batch(split, slice(start, min(start + batch_size, n)))
+            if attacking:
+                x = pgd(model, x, y, attack, generator=generator)
+            with torch.no_grad():
+                logits = model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(dim=1) == y).sum()
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    totals = torch.stack([loss_sum.double(), correct.double()]).tolist()  # the one host sync
+    return {"loss": totals[0] / n, "acc": totals[1] / n, "n": n}
+
+
+def clean_batches(data: Dataset, split: str, batch_size: int, max_samples: int | None = None) -> Iterator[Tensor]:
+    """Un-augmented inputs of ``split`` in order, one batch at a time (for BN recalibration)."""
+    n = data.size(split) if max_samples is None else min(max_samples, data.size(split))
+    for start in range(0, n, batch_size):
+        yield data.batch(split, slice(start, min(start + batch_size, n)))[0]
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Copy interpolated parameters into ``model`` in place (buffers stay: they are the architecture)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(weights[name])
+
+
+def path_profile(
+    model: nn.Module,
+    path: Path,
+    data: Dataset,
+    *,
+    points: int = 25,
+    splits: Sequence[str] = ("train", "test"),
+    attack: AttackConfig | None = None,
+    robust_splits: Sequence[str] = ("test",),
+    batch_size: int = EVAL_BATCH_SIZE,
+    max_samples: int | None = None,
+    seed: int = 0,
+    parallel_points: int = 1,
+    bf16: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Loss and accuracy at ``points`` uniformly spaced t along ``path``, one row per t.
+
+    ``model`` supplies the architecture and its fixed buffers (it is copied, never modified). At each t the
+    interpolated weights are loaded, BN statistics are recomputed on clean training data (the recorded policy,
+    see :mod:`study.core.bn`), then each split is evaluated clean and, with an enabled ``attack``, under PGD
+    (``robust_*`` columns). A robust split is also evaluated clean when ``splits`` lacks it, so every robust
+    metric has its clean counterpart. ``segment_length`` is ‖θ(t_i) − θ(t_{i−1})‖ for arc-length-weighted metrics.
+
+    ``parallel_points=K > 1`` recalibrates and evaluates K points at a time as one vmapped network
+    (:class:`study.core.ensemble.StackedModel`): the same numbers up to float rounding, with K times fewer kernel
+    launches (the GPU default; one point at a time is faster on a CPU). A chunk that runs out of memory is
+    retried with half as many points. Robust evaluation still attacks one point at a time. ``bf16`` autocasts
+    the forward passes on CUDA (ignored elsewhere).
+    """
+    if points < 3:
+        raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
+    if not isinstance(parallel_points, int) or parallel_points < 1:
+        raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
+    model = copy.deepcopy(model).to(data.device)
+    generator = torch.Generator(device=data.device).manual_seed(int(seed))
+    attacking = attack is not None and not attack.disabled
+    splits = list(dict.fromkeys([*splits, *(robust_splits if attacking else ())]))
+    ts = torch.linspace(0.0, 1.0, points).tolist()
+    rows: list[dict[str, float]] = []
+    previous = None
+    first = 0
+    while first < points:
+        chunk = ts[first:first + parallel_points]
+        with torch.no_grad():
+            weights = [{k: v.detach() for k, v in path.weights(t).items()} for t in chunk]
+        with mixed_precision(data.device, bf16):
+            try:
+                clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples)
+            except torch.cuda.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                parallel_points = (len(chunk) + 1) // 2  # fewer points at a time, same numbers: retry this chunk
+                log.warning("out of memory evaluating %d path points together; retrying with %d", len(chunk),
+                            parallel_points)
+                del weights
+                if data.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            for i, t in enumerate(chunk):
+                row: dict[str, float] = {"t": t}
+                for split in splits:
+                    row[f"{split}_loss"], row[f"{split}_acc"] = clean[split][i]["loss"], clean[split][i]["acc"]
+                for split in robust_splits if attacking else ():
+                    result = evaluate(nets(i), data, split, batch_size=batch_size, attack=attack,
+                                      generator=generator, max_samples=max_samples)
+                    row[f"robust_{split}_loss"], row[f"robust_{split}_acc"] = result["loss"], result["acc"]
+                row["segment_length"] = 0.0 if previous is None else math.sqrt(
+                    sum(float((weights[i][k] - previous[k]).double().pow(2).sum()) for k in weights[i]))
+                previous = weights[i]
+                rows.append(row)
+                if progress is not None:
+                    progress(len(rows), points)
+        first += len(chunk)
+    return pd.DataFrame(rows)
+
+
+def _clean_results(
+    model: nn.Module, weights: list[dict[str, Tensor]], data: Dataset, splits: Sequence[str], batch_size: int,
+    max_samples: int | None,
+) -> tuple[dict[str, list[dict]], Callable[[int], nn.Module]]:
+    """Recalibrate BN at each weight vector and evaluate every split clean: ``{split: [result per vector]}``,
+    and a function giving vector i's recalibrated network (for attacks). One vector runs as a plain module
+    (bit-identical to the original one-point-at-a-time code), several as a :class:`StackedModel`."""
+    if len(weights) == 1:
+        load_weights(model, weights[0])
+        bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        clean = {split: [evaluate(model, data, split, batch_size=batch_size, max_samples=max_samples)]
+                 for split in splits}
+        return clean, lambda i: model
+    stacked = StackedModel(model, weights)
+    stacked.recalibrate(clean_batches(data, "train", batch_size))
+    clean = {split: stacked.evaluate(data, split, batch_size=batch_size, max_samples=max_samples)
+             for split in splits}
+    return clean, stacked.point

@@ -1,0 +1,51 @@
+"""Multi-layer perceptron: Lim et al.'s W-Asym MLP (3×512, LayerNorm, GELU) by default."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from study.core.models.layers import AsymLayerDefault, InputNormalize, LayerFactory
+from study.core.permutation import PermutationSpec, SpecBuilder
+
+# Public defaults (docs/science.md, Symmetry removal): n_fix 64 per row for hidden layers, 256 for the output layer;
+# κ = 1, 1, 0.5 for the hidden layers and 0.25 for the output layer.
+_HIDDEN_KAPPA = (1.0, 1.0, 0.5)
+
+
+def asym_groups(depth: int) -> dict[str, AsymLayerDefault]:
+    groups = {f"layer{i}": AsymLayerDefault(64, _HIDDEN_KAPPA[min(i, 2)]) for i in range(depth)}
+    groups["output"] = AsymLayerDefault(256, 0.25)
+    return groups
+
+
+class MLP(nn.Module):
+    """Flatten → [Linear → norm → act] × depth → Linear. Hidden unit i of layer k carries permutation P_k."""
+
+    def __init__(self, factory: LayerFactory, *, in_shape: tuple[int, ...], num_classes: int, width: float,
+                 depth: int = 3, hidden: int = 512, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"mlp depth must be >= 1, got {depth}")
+        units = max(1, round(hidden * width))
+        self.normalize = InputNormalize(mean, std, image=len(in_shape) == 3)
+        self.flatten = nn.Flatten()
+        fan_in = math.prod(in_shape)
+        self.linears, self.norms, self.acts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i in range(depth):
+            self.linears.append(factory.linear(fan_in, units, group=f"layer{i}"))
+            self.norms.append(factory.normalization(units, image=False))
+            self.acts.append(factory.activation(units))
+            fan_in = units
+        self.head = factory.linear(fan_in, num_classes, group="output")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.flatten(self.normalize(x))
+        for linear, norm, act in zip(self.linears, self.norms, self.acts):
+            x = act(norm(linear(x)))
+        return self.head(x)
+
+    def permutation_spec(self) -> PermutationSpec:
+        blocks = [(f"linears.{i}", f"norms.{i}", f"acts.{i}", f"P_layer{i}") for i in range(len(self.linears))]
+        return SpecBuilder(self).chain(blocks, head="head")

@@ -1,0 +1,104 @@
+"""Driver-side MLflow bookkeeping of a Tune experiment: one run per trial, found again by its key.
+
+Only the driver writes to the tracking store (one sqlite writer; works unchanged on a cluster). Tune pickles
+callbacks into its experiment state, so the MLflow client is opened lazily and never pickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from study.core import config as trial_config
+from study.sweep.spec import StudySpec
+from study.sweep.trainables import resolve_trial
+from study.tracking import schema
+from study.tracking.tracker import StudyTracker
+
+
+class LazyTracker:
+    """Pickle-safe holder: Tune pickles callbacks into the experiment state, an MLflow client must not be."""
+
+    def __init__(self, uri: str, study_name: str, study_dir: str):
+        self.uri, self.study_name, self.study_dir = uri, study_name, study_dir
+        self._tracker: StudyTracker | None = None
+
+    def get(self) -> StudyTracker:
+        if self._tracker is None:
+            self._tracker = StudyTracker(self.uri, self.study_name, Path(self.study_dir))
+        return self._tracker
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tracker": None}
+
+
+def error_reason(trial: Any) -> str:
+    """The last line of a failed trial's exception (the full traceback stays in Ray's error file)."""
+    try:
+        error = trial.get_error()
+        if error is not None:
+            text = str(error).strip().splitlines()
+            return text[-1] if text else type(error).__name__
+    except Exception:  # noqa: BLE001 - best effort across Ray versions
+        pass
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else "unknown error"
+    return "unknown error"
+
+
+class MLflowTrials(Callback):
+    """One MLflow run per trial of ``stage`` (``endpoints`` or ``pairs``), found by its key: retries and resumes
+    reuse it. ``jobs`` are the endpoint stage's (config, seed) pairs, indexed like its grid."""
+
+    def __init__(self, spec: StudySpec, stage: str, tracking: LazyTracker,
+                 jobs: list[tuple[dict, int]] | None = None):
+        self.spec, self.stage, self.tracking, self.jobs = spec, stage, tracking, jobs
+        self._run_ids: dict[str, str] = {}
+
+    def _describe(self, trial: Any) -> tuple[str, str, str, dict[str, Any]]:
+        """(key, run name, run kind, params) of a Tune trial."""
+        if self.stage == "endpoints":
+            assert self.jobs is not None
+            config, seed = self.jobs[int(trial.config["index"])]
+            parsed = trial_config.parse(config)
+            params = {"model": config.get("model", {}), "train": config.get("train", {}), "seed": seed}
+            return (parsed.endpoint_key(seed), f"endpoint-{parsed.model.arch}-{parsed.model.symmetry}-s{seed}",
+                    schema.ENDPOINT_RUN, params)
+        item = resolve_trial(self.spec, trial.config)
+        name = "-".join(str(v) if not isinstance(v, (dict, list)) else "x" for v in item.factors.values())
+        return item.key, name[:120] or item.key, schema.TRIAL_RUN, item.factors
+
+    def _run(self, trial: Any) -> str:
+        """The trial's run id, resolved once per Tune trial (results arrive every epoch)."""
+        if trial.trial_id not in self._run_ids:
+            key, name, kind, params = self._describe(trial)
+            self._run_ids[trial.trial_id] = self.tracking.get().trial_run(key, name=name, kind=kind, params=params)
+        return self._run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracking.get().mark_running(self._run(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.tracking.get().mark_retried(self._run(trial), trial.num_failures)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self._run(trial)
+        tracker = self.tracking.get()
+        if result.get("final"):
+            tracker.log_metrics(run, {k: v for k, v in result.items() if "/" in k or k in (
+                "cached", "seconds", "val_acc")})
+            if result.get("artifact_dir"):
+                tracker.log_artifacts(run, Path(result["artifact_dir"]))
+        elif "epoch" in result:
+            tracker.log_metrics(run, {f"progress/{result.get('phase')}_loss": result["progress_loss"]},
+                                step=int(result.get("training_iteration", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracking.get().finish(self._run(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracking.get().finish(self._run(trial), failed=True, reason=error_reason(trial))

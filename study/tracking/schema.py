@@ -1,0 +1,107 @@
+"""How a study is laid out in MLflow: the one place that names tags, run kinds and statuses, and reads runs back.
+
+The driver writes through :class:`study.tracking.tracker.StudyTracker`; ``study status``, the end-of-study
+summary and the analysis read through the functions here, so a tag is spelled once for writers and readers.
+
+Layout: one experiment per study (named after it); one parent run of kind ``study`` holding the spec; one run per
+pair trial (kind ``trial``) and per endpoint (kind ``endpoint``), each a child of the parent, found again by its
+``trial_key`` tag (a content hash), so retries and resumes never duplicate a run. A run's factor values are
+params and ``factor.<dotted path>`` tags.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# -- tags -------------------------------------------------------------------------------------------------------
+KIND = "kind"
+STUDY = "study"
+TRIAL_KEY = "trial_key"
+ERROR = "error"
+RETRIED = "retried"
+FACTOR_PREFIX = "factor."
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+
+# -- run kinds --------------------------------------------------------------------------------------------------
+STUDY_RUN, TRIAL_RUN, ENDPOINT_RUN = "study", "trial", "endpoint"
+RUN_KINDS = (STUDY_RUN, TRIAL_RUN, ENDPOINT_RUN)
+
+# -- run statuses (MLflow's) ------------------------------------------------------------------------------------
+FINISHED, FAILED, RUNNING, KILLED = "FINISHED", "FAILED", "RUNNING", "KILLED"
+
+#: Metrics shown in the end-of-study summary and by ``study status``.
+SUMMARY_METRICS = ("endpoint_a/test_acc", "barrier_chord/linear/test_loss", "barrier_chord/linear/test_error",
+                   "robust/barrier_chord/linear/test_loss")
+
+
+def default_uri(study_dir: Path) -> str:
+    """The embedded store: sqlite inside the study folder."""
+    return f"sqlite:///{(Path(study_dir) / 'mlflow.db').resolve()}"
+
+
+def kind_filter(kind: str) -> str:
+    """An MLflow search filter for runs of one kind."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; allowed: {', '.join(RUN_KINDS)}")
+    return f"tags.{KIND} = '{kind}'"
+
+
+def key_filter(key: str) -> str:
+    return f"tags.{TRIAL_KEY} = '{key}'"
+
+
+def factors_of(tags: Mapping[str, str]) -> dict[str, str]:
+    """The ``factor.*`` tags of a run, without the prefix."""
+    return {k[len(FACTOR_PREFIX):]: v for k, v in tags.items() if k.startswith(FACTOR_PREFIX)}
+
+
+def factor_tags(flat: Mapping[str, str]) -> dict[str, str]:
+    return {f"{FACTOR_PREFIX}{k}": v for k, v in flat.items()}
+
+
+def open_client(uri: str) -> Any:
+    """An MlflowClient for ``uri`` (no artifact progress bars: they garble logs and pipes)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run matching ``filter_string`` (MLflow pages results)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return runs
+
+
+def parent_run(client: Any, experiment_id: str) -> Any | None:
+    """The study's parent run, or None."""
+    hits = client.search_runs([experiment_id], filter_string=kind_filter(STUDY_RUN), max_results=1)
+    return hits[0] if hits else None
+
+
+def results_table(client: Any, experiment_id: str, extra_metrics: Sequence[str] = ()) -> Any:
+    """One row per pair-trial run: factors, ``status``, ``error`` and the summary metrics (a pandas DataFrame,
+    sorted by factors)."""
+    rows = []
+    for run in search_all(client, experiment_id, kind_filter(TRIAL_RUN)):
+        row: dict[str, Any] = factors_of(run.data.tags)
+        row["status"] = run.info.status
+        row["error"] = run.data.tags.get(ERROR, "")
+        row.update({m: run.data.metrics.get(m, math.nan) for m in (*extra_metrics, *SUMMARY_METRICS)})
+        rows.append(row)
+    table = pd.DataFrame(rows).dropna(axis=1, how="all")
+    factor_columns = [c for c in table.columns if c not in ("status", "error") and "/" not in c]
+    return table.sort_values(factor_columns, kind="stable").reset_index(drop=True) if len(table) else table

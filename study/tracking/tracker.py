@@ -1,0 +1,180 @@
+"""MLflow tracking of a study, written only by the driver (one sqlite writer, works unchanged on a cluster).
+
+One experiment per study with its artifact location inside the study folder, one parent run holding the spec,
+one run per trial found by the ``trial_key`` tag, so retries and resumed studies never duplicate runs
+(Ray's own MLflow callback creates a new run when a trial is restored, which would duplicate them). Trials write their profile CSVs and
+plots to the study folder; the driver attaches them to the trial's run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+
+from study.common.errors import TrackingUnavailable
+from study.tracking import schema
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = ("database is locked", "database table is locked", "busy", "unable to open database")
+
+
+class _RetryingClient:
+    """An MlflowClient whose calls retry while sqlite is locked or busy (another process holds the write lock,
+    an NFS hiccup), with exponential backoff; any other error surfaces at once. Gives up with a clear message."""
+
+    def __init__(self, client: Any, uri: str, attempts: int = 7, first_delay_s: float = 0.25):
+        self._client, self._uri, self._attempts, self._delay = client, uri, attempts, first_delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            delay = self._delay
+            for attempt in range(1, self._attempts + 1):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - MLflow wraps sqlite errors in its own types
+                    if not any(t in str(error).lower() for t in _TRANSIENT):
+                        raise
+                    if attempt == self._attempts:
+                        raise TrackingUnavailable(
+                            f"MLflow store {self._uri} still locked/unavailable after {attempt} attempts "
+                            f"({name}): {str(error).splitlines()[0]}") from error
+                    log.warning("MLflow store busy (%s); retrying %s in %.2f s", str(error).splitlines()[0],
+                                name, delay)
+                    time.sleep(delay)
+                    delay *= 2
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def flatten_params(values: Mapping[str, Any]) -> dict[str, str]:
+    """Nested factor values as flat MLflow params (``model.symmetry`` -> ``w_asym``)."""
+    out: dict[str, str] = {}
+    _flatten("", values, out)
+    return {k[:250]: v[:6000] for k, v in out.items()}
+
+
+class StudyTracker:
+    """Driver-side MLflow bookkeeping for one study; every method is idempotent."""
+
+    def __init__(self, tracking_uri: str, study_name: str, study_dir: Path):
+        self.uri, self.study_name, self.study_dir = tracking_uri, study_name, study_dir
+        self.client = _RetryingClient(schema.open_client(tracking_uri), tracking_uri)
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            artifacts = (study_dir / "mlartifacts").resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts.as_uri())
+        else:
+            self.experiment_id = experiment.experiment_id
+        self._runs: dict[str, str] = {}
+        self.parent_run_id = self._find_or_create(schema.kind_filter(schema.STUDY_RUN), study_name,
+                                                  {schema.KIND: schema.STUDY_RUN})
+
+    # -- runs -------------------------------------------------------------------------------------------------------
+    def _find_or_create(self, query: str, run_name: str, tags: Mapping[str, str]) -> str:
+        hits = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        if hits:
+            return hits[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={schema.STUDY: self.study_name, **tags})
+        return run.info.run_id
+
+    def log_spec(self, spec_source: Mapping[str, Any], spec_path: Path) -> None:
+        params = [Param(k, v) for k, v in flatten_params({"factors": spec_source.get("factors", {})}).items()]
+        existing = self.client.get_run(self.parent_run_id).data.params
+        new = [p for p in params if p.key not in existing]
+        if new:
+            self.client.log_batch(self.parent_run_id, params=new[:100])
+        self.client.log_artifact(self.parent_run_id, str(spec_path))
+
+    def trial_run(self, key: str, *, name: str, kind: str, params: Mapping[str, Any]) -> str:
+        """The run of trial ``key``, created once with its params; later calls find it by tag."""
+        if key in self._runs:
+            return self._runs[key]
+        if kind not in (schema.TRIAL_RUN, schema.ENDPOINT_RUN):
+            raise ValueError(f"a trial run is of kind {schema.TRIAL_RUN!r} or {schema.ENDPOINT_RUN!r}, not {kind!r}")
+        hits = self.client.search_runs([self.experiment_id], filter_string=schema.key_filter(key), max_results=1)
+        if hits:
+            run_id = hits[0].info.run_id
+        else:
+            flat = flatten_params(params)
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                schema.STUDY: self.study_name, schema.KIND: kind, schema.TRIAL_KEY: key,
+                schema.PARENT: self.parent_run_id}).info.run_id
+            params_list = [Param(k, v) for k, v in flat.items()]
+            tags = [RunTag(k, v) for k, v in schema.factor_tags(flat).items()]
+            for start in range(0, max(len(params_list), 1), 100):  # MLflow takes 100 params per batch
+                self.client.log_batch(run_id, params=params_list[start:start + 100], tags=tags[start:start + 100])
+        self._runs[key] = run_id
+        return run_id
+
+    def mark_running(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for start in range(0, len(batch), 900):
+            self.client.log_batch(run_id, metrics=batch[start:start + 900])
+
+    def log_artifacts(self, run_id: str, directory: Path) -> None:
+        if directory.is_dir() and any(directory.iterdir()):
+            self.client.log_artifacts(run_id, str(directory))
+
+    def finish(self, run_id: str, *, failed: bool = False, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, schema.ERROR, reason[:5000])
+        self.client.set_terminated(run_id, status=schema.FAILED if failed else schema.FINISHED)
+
+    def close_orphans(self) -> int:
+        """Runs left RUNNING by a killed driver are marked KILLED (a resumed study re-opens the ones it reruns)."""
+        hits = self.client.search_runs([self.experiment_id], filter_string=f"attributes.status = '{schema.RUNNING}'")
+        count = 0
+        for run in hits:
+            if run.info.run_id != self.parent_run_id:
+                self.client.set_terminated(run.info.run_id, status=schema.KILLED)
+                count += 1
+        return count
+
+    def finish_study(self, summary: Mapping[str, Any]) -> None:
+        self.log_metrics(self.parent_run_id, summary)
+        self.client.set_terminated(self.parent_run_id, status=schema.FINISHED)
+
+    def mark_retried(self, run_id: str, failures: int) -> None:
+        self.client.set_tag(run_id, schema.RETRIED, str(failures))
+
+    def results_table(self, extra_metrics: tuple[str, ...] = ()) -> Any:
+        """The study's pair-trial runs as a table (:func:`study.tracking.schema.results_table`)."""
+        return schema.results_table(self.client, self.experiment_id, extra_metrics)
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create/migrate the sqlite DB once, on the driver, before any trial starts (concurrent first-time
+    creation races in alembic's migrations and can leave a half-migrated database)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,1 @@
+"""Test support shared by the test suite and the chaos bench (not part of the installed package)."""
