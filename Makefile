@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.symstudy-installed
 
-.PHONY: study test install bench clean
+.PHONY: study test test-faults install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -m faults tests/faults
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

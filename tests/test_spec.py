@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from study import cli
-from study.sweep.spec import SpecError, load, set_path, validate
+from study.sweep.spec import SpecError, load, set_path, trial_key, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "searchspaces").glob("*.yaml"))
@@ -199,3 +199,31 @@ def test_machine_specific_problems_stop_the_run_before_ray_starts(tmp_path, caps
     assert cli.main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+TRIAL = {"data": {"name": "digits"}, "model": {"arch": "mlp", "width": 0.25}, "seeds": [0, 1], "device": "cpu",
+         "curve": {"kind": "bezier"}}
+
+
+@pytest.mark.parametrize("path, value", [
+    ("train.eval_batch_size", 17), ("curve.train.eval_batch_size", 33), ("runtime.parallel_points", 3),
+    ("runtime.compile", True), ("train.momentum", 0.5)])  # momentum: the recipe below uses AdamW
+def test_settings_that_cannot_change_a_trials_results_keep_its_key(path, value):
+    base = {**copy.deepcopy(TRIAL), "train": {"optimizer": "adamw"}}
+    edited = copy.deepcopy(base)
+    set_path(edited, path, value)
+    assert trial_key(edited) == trial_key(base)
+
+
+@pytest.mark.parametrize("path, value", [
+    ("train.lr", 0.123), ("curve.train.epochs", 3), ("eval.points", 7), ("align.method", "weight"),
+    ("seeds", [0, 2]), ("model.width", 0.5), ("eval.max_samples", 100)])
+def test_settings_that_change_a_trials_results_change_its_key(path, value):
+    edited = copy.deepcopy(TRIAL)
+    set_path(edited, path, value)
+    assert trial_key(edited) != trial_key(TRIAL)
+
+
+def test_trial_keys_do_not_depend_on_defaults_being_spelt_out():
+    spelt = {**copy.deepcopy(TRIAL), "align": {"method": "none"}, "eval": {"points": 25}}
+    assert trial_key(spelt) == trial_key(TRIAL)

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default: sqlite in the study folder")
         p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
         p.add_argument("--quiet", action="store_true", help="no live progress line")
+        p.add_argument("--extend", action="store_true", help="accept a spec that adds trials to the one this study "
+                       "ran (more seeds or levels): only the new trials run")
 
     p = sub.add_parser("run", help="run a study spec (YAML)", description="Run a study: every unique endpoint "
                        "once, then the pair trials; results go to OUT/<name>.")
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder: finished trials are kept, stored endpoints are not retrained.")
     p.add_argument("dir")
     execution_flags(p)
+    p.add_argument("--rebuild-tracking", action="store_true", help="mlflow.db is lost or damaged: move it aside "
+                   "and rebuild every finished trial's and stored endpoint's run from the study folder")
     p.set_defaults(func=commands.cmd_resume)
 
     p = sub.add_parser("status", help="trial counts and failures of a study")
@@ -73,4 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # a read-only folder, a full disk: the environment's fault, reported in one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; fix it, then `study resume` continues where this "
+              f"stopped", file=sys.stderr)
         return EXIT_USAGE

@@ -156,6 +156,19 @@ class TrialConfig:
         """The endpoint's content key (its store key and MLflow ``trial_key``)."""
         return content_key(self.endpoint_description(seed))
 
+    def identity(self) -> dict[str, Any]:
+        """What determines a pair trial's results: hashed into its key (``study.sweep.spec.trial_key``).
+
+        The recipes enter through :meth:`Recipe.identity` (settings that cannot change trained weights are
+        pinned), and ``runtime`` (how the device is used) is left out, so a study resumed with another runtime
+        setting or validation batch size continues instead of starting every trial again."""
+        out = self.to_dict()
+        out.pop("runtime")
+        out["train"] = self.train.identity()
+        if self.curve is not None:
+            out["curve"]["train"] = self.curve.train.identity()
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["train"] = self.train.to_dict()

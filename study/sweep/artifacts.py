@@ -45,11 +45,14 @@ def plot_profiles(profiles: Mapping[str, pd.DataFrame], path: Path, title: str =
     plt.close(fig)
 
 
-def write_trial(directory: Path, result: Mapping[str, Any], title: str = "") -> Path:
-    """Write ``profiles.csv``, ``profiles.png`` and ``result.json`` of a trial result into ``directory``."""
+def write_trial(directory: Path, profiles: Mapping[str, pd.DataFrame], record: Mapping[str, Any],
+                title: str = "") -> Path:
+    """Write ``profiles.csv``, ``profiles.png`` and then ``result.json`` (the trial's record) into ``directory``.
+
+    ``result.json`` comes last and atomically: its presence means the trial finished and everything else is
+    there (:class:`study.sweep.folder.StudyFolder`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "profiles.csv", profile_table(result["profiles"]).to_csv(index=False))
-    plot_profiles(result["profiles"], directory / "profiles.png", title)
-    summary = {k: v for k, v in result.items() if k != "profiles"}
-    atomic_write(directory / "result.json", json.dumps(summary, indent=2, default=str))
+    atomic_write(directory / "profiles.csv", profile_table(profiles).to_csv(index=False))
+    plot_profiles(profiles, directory / "profiles.png", title)
+    atomic_write(directory / "result.json", json.dumps(record, indent=2, default=str), durable=True)
     return directory

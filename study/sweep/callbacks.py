@@ -12,6 +12,7 @@ from typing import Any
 from ray.tune import Callback
 
 from study.core import config as trial_config
+from study.sweep.records import ENDPOINT_METRICS, endpoint_run_info, pair_run_name
 from study.sweep.spec import StudySpec
 from study.sweep.trainables import resolve_trial
 from study.tracking import schema
@@ -65,12 +66,10 @@ class MLflowTrials(Callback):
             assert self.jobs is not None
             config, seed = self.jobs[int(trial.config["index"])]
             parsed = trial_config.parse(config)
-            params = {"model": config.get("model", {}), "train": config.get("train", {}), "seed": seed}
-            return (parsed.endpoint_key(seed), f"endpoint-{parsed.model.arch}-{parsed.model.symmetry}-s{seed}",
-                    schema.ENDPOINT_RUN, params)
+            name, params = endpoint_run_info(parsed.endpoint_description(seed))
+            return parsed.endpoint_key(seed), name, schema.ENDPOINT_RUN, params
         item = resolve_trial(self.spec, trial.config)
-        name = "-".join(str(v) if not isinstance(v, (dict, list)) else "x" for v in item.factors.values())
-        return item.key, name[:120] or item.key, schema.TRIAL_RUN, item.factors
+        return item.key, pair_run_name(item.factors) or item.key, schema.TRIAL_RUN, item.factors
 
     def _run(self, trial: Any) -> str:
         """The trial's run id, resolved once per Tune trial (results arrive every epoch)."""
@@ -89,10 +88,8 @@ class MLflowTrials(Callback):
         run = self._run(trial)
         tracker = self.tracking.get()
         if result.get("final"):
-            tracker.log_metrics(run, {k: v for k, v in result.items() if "/" in k or k in (
-                "cached", "seconds", "val_acc")})
-            if result.get("artifact_dir"):
-                tracker.log_artifacts(run, Path(result["artifact_dir"]))
+            metrics = {k: v for k, v in result.items() if "/" in k or k in ENDPOINT_METRICS}
+            tracker.log_final(run, metrics, Path(result["artifact_dir"]) if result.get("artifact_dir") else None)
         elif "epoch" in result:
             tracker.log_metrics(run, {f"progress/{result.get('phase')}_loss": result["progress_loss"]},
                                 step=int(result.get("training_iteration", 0)))

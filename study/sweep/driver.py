@@ -1,10 +1,11 @@
 """Executing a study with Ray Tune: stage 1 trains every unique endpoint once, stage 2 runs the pair trials.
 
-The study folder holds everything (``spec.yaml``, ``endpoints/``, ``ray_results/``, ``artifacts/``,
-``mlflow.db``, ``mlartifacts/``, ``optuna.db``), so a study is resumed from its folder alone and, on a
-cluster, lives on shared storage. Each stage is a Tune experiment under ``ray_results/<stage>``; running or
-resuming a study restores a stage that already has state (finished trials are not redone) and skips endpoints
-that are already in the store.
+The study folder holds everything (:mod:`study.sweep.folder`), so a study is resumed from its folder alone and,
+on a cluster, lives on shared storage. Each run of the driver plans from the folder: endpoints missing from the
+store, then pair trials without a result record, each stage a fresh Tune experiment under ``ray_results/``.
+Before that it brings MLflow up to date with the folder (:func:`study.sweep.records.reconcile`), so every
+finished trial has exactly one finished run, even if a driver died between a trial's end and its logging.
+One driver at a time owns a folder (:mod:`study.sweep.owner`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,17 @@ import yaml
 from ray import tune
 
 from study.common.errors import TrackingUnavailable
+from study.common.files import atomic_write
 from study.core import trial
 from study.sweep import ray_session, search
 from study.sweep.callbacks import LazyTracker, MLflowTrials
+from study.sweep.folder import StudyFolder
+from study.sweep.owner import driver_lock
 from study.sweep.progress import ProgressLine
 from study.sweep.spec import StudySpec
-from study.sweep.trainables import TrialFunction, endpoint_store, endpoint_trainable, pair_trainable
+from study.sweep.records import Reconciled, reconcile
+from study.sweep.trainables import TrialFunction, endpoint_trainable, pair_trainable
+from study.tracking.health import sqlite_problem
 from study.tracking.schema import FAILED, default_uri
 from study.tracking.tracker import prepare_store
 
@@ -39,6 +46,65 @@ class StudyOutcome:
     results: pd.DataFrame  # one row per pair trial: factors, status, error, metrics
     failed: int
     interrupted: bool
+    signal: int | None = None  # the signal that stopped the study (SIGINT, SIGTERM), if one did
+    reconciled: Reconciled | None = None  # runs brought up to date from the folder when the driver started
+
+
+class StopRequest:
+    """SIGINT/SIGTERM stop the study: running trials are cancelled (their state is in the folder), no further
+    stage starts, and the driver returns with the signal noted. SIGTERM is turned into SIGINT, which Tune's
+    own handler turns into a graceful stop while a stage runs."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signum
+        if signum == signal.SIGTERM:
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _incomplete(grid: Any) -> bool:
+    """A stage stopped before every trial ended (finished or failed for good): it was interrupted."""
+    return any(r.metrics is None or not r.metrics.get("final") for r in grid if r.error is None)
+
+
+def check_embedded_store(folder: StudyFolder, *, rebuild: bool) -> None:
+    """Refuse to run on a missing, empty or damaged ``mlflow.db`` of a study that has run before (opening it would
+    silently start an empty store and lose the finished trials' runs), unless ``rebuild``: then a damaged file is
+    moved aside and the runs are rebuilt from the folder's records."""
+    db = folder.mlflow_db
+    problem = sqlite_problem(db)
+    if problem is None or (problem == "missing" and not folder.has_history()):
+        return
+    if problem == "read-only":
+        raise TrackingUnavailable(f"{db} is read-only: the study cannot record its runs; make the study folder "
+                                  f"writable, then `study resume {folder.root}`")
+    if not rebuild:
+        trials = sum(1 for _ in folder.finished_results())
+        raise TrackingUnavailable(
+            f"{db} is {problem}, but this study has run before: opening it would lose the finished trials' runs "
+            f"from MLflow. Restore the file, pass --tracking-uri if the runs live elsewhere, or rebuild them from "
+            f"the study folder ({trials} finished trial(s), {len(folder.store().keys())} endpoint(s)) with "
+            f"`study resume {folder.root} --rebuild-tracking`.")
+    if db.exists():
+        aside = db.with_name(f"mlflow.db.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(db, aside)
+        log.warning("moved the damaged %s aside to %s; rebuilding its runs from the study folder", db, aside)
 
 
 def _resources(spec: StudySpec) -> dict[str, float]:
@@ -56,90 +122,102 @@ def _callbacks(spec: StudySpec, stage: str, tracking: LazyTracker, jobs: list[tu
     return callbacks
 
 
-def _tuner(stage_dir: Path, trainable: Any, param_space: dict[str, Any], tune_config: Any, run_config: Any):
-    if tune.Tuner.can_restore(str(stage_dir)):
-        log.info("restoring %s", stage_dir)
-        return tune.Tuner.restore(str(stage_dir), trainable, resume_unfinished=True, resume_errored=True)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-
-
 def _run_stage(name: str, study_dir: Path, trainable: Any, param_space: dict[str, Any], spec: StudySpec,
                callbacks: list[Any], max_concurrent: int | None, search_alg: Any = None,
                num_samples: int = 1) -> Any:
     tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent, search_alg=search_alg,
                                   num_samples=num_samples)
+    # A fresh Tune experiment every time: what is done is read from the study folder, so Tune's saved state (which
+    # lags behind, and would bring back the first run's callbacks and flags) is never restored.
     run_config = tune.RunConfig(
-        name=name, storage_path=str((study_dir / "ray_results").resolve()), callbacks=callbacks, verbose=0,
+        name=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=str((study_dir / "ray_results").resolve()), callbacks=callbacks, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    tuner = _tuner(study_dir / "ray_results" / name, trainable, param_space, tune_config, run_config)
-    return tuner.fit()
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
 
 
 def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,
-              max_concurrent: int | None = None, show_progress: bool = True,
-              trial_fn: TrialFunction = trial.run) -> StudyOutcome:
+              max_concurrent: int | None = None, show_progress: bool = True, trial_fn: TrialFunction = trial.run,
+              rebuild_tracking: bool = False) -> StudyOutcome:
     """Run (or continue) ``spec`` in ``study_dir``; returns one row per pair trial.
 
-    ``trial_fn`` is what a pair trial runs (:func:`study.core.trial.run`; the test suite passes a wrapper that
-    injects faults)."""
-    study_dir = study_dir.resolve()
-    study_dir.mkdir(parents=True, exist_ok=True)
+    Whatever ran before, only what the folder lacks is computed: endpoints not in the store, pair trials without
+    a result record. ``trial_fn`` is what a pair trial runs (:func:`study.core.trial.run`; the test suite passes
+    a wrapper that injects faults). ``rebuild_tracking`` recreates a lost or damaged ``mlflow.db`` from the
+    folder. Raises :class:`~study.sweep.owner.StudyBusy` while another driver runs the study."""
+    folder = StudyFolder(study_dir.resolve())
+    folder.root.mkdir(parents=True, exist_ok=True)
+    with driver_lock(folder.lock_path):
+        return _drive(spec, folder, address=address, tracking_uri=tracking_uri, max_concurrent=max_concurrent,
+                      show_progress=show_progress, trial_fn=trial_fn, rebuild_tracking=rebuild_tracking)
+
+
+def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, tracking_uri: str | None,
+           max_concurrent: int | None, show_progress: bool, trial_fn: TrialFunction,
+           rebuild_tracking: bool) -> StudyOutcome:
+    study_dir = folder.root
+    if tracking_uri is None:
+        check_embedded_store(folder, rebuild=rebuild_tracking)
     uri = tracking_uri or default_uri(study_dir)
-    if tracking_uri is None and (study_dir / "ray_results").exists() and not (study_dir / "mlflow.db").exists():
-        raise TrackingUnavailable(
-            f"{study_dir / 'mlflow.db'} is missing, but this study has run before: the finished trials' runs would "
-            f"be lost from MLflow. Restore the file, or pass --tracking-uri if the runs live elsewhere.")
     prepare_store(uri)
     tracking = LazyTracker(uri, spec.name, str(study_dir))
     tracker = tracking.get()  # creates the DB, experiment and parent run before any trial starts
+    reconciled = reconcile(folder, tracker)
     orphans = tracker.close_orphans()
     if orphans:
         log.warning("closed %d MLflow run(s) left RUNNING by an interrupted driver", orphans)
-    spec_copy = study_dir / "spec.yaml"
-    if not spec_copy.exists():  # the CLI copies the user's file (comments included); API callers get a dump
-        spec_copy.write_text(yaml.safe_dump(spec.source, sort_keys=False))
-    tracker.log_spec(spec.source, spec_copy)
+    if not folder.spec_path.exists():  # the CLI copies the user's file (comments included); API callers get a dump
+        atomic_write(folder.spec_path, yaml.safe_dump(spec.source, sort_keys=False))
+    atomic_write(folder.applied_spec_path, folder.spec_path.read_text())
+    tracker.log_spec(spec.source, folder.spec_path)
     concurrency = max_concurrent or spec.execution.max_concurrent
     progress = ProgressLine() if show_progress else None
     ray_session.stop_orphaned_ray(study_dir)
     session_dir = ray_session.init_ray(address)
     if session_dir:
         ray_session.record_session(study_dir, session_dir)
-    interrupted = False
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))  # graceful, like Ctrl-C
     pairs = tune.with_resources(tune.with_parameters(pair_trainable, spec=spec, study_dir=str(study_dir),
                                                      trial_fn=trial_fn), _resources(spec))
-    try:
-        if spec.search == "grid":
-            # Indices refer to the full, deterministic endpoint list, so a restored stage finds the same jobs.
-            endpoints = spec.endpoints()
-            jobs = list(endpoints.values())
-            store = endpoint_store(study_dir)
-            missing = [i for i, key in enumerate(endpoints) if not store.contains(key)]
-            if missing:
-                trainable = tune.with_resources(
-                    tune.with_parameters(endpoint_trainable, spec=spec, jobs=jobs, study_dir=str(study_dir)),
-                    _resources(spec))
-                _run_stage("endpoints", study_dir, trainable, {"index": tune.grid_search(missing)},
-                           spec, _callbacks(spec, "endpoints", tracking, jobs, progress), concurrency)
-            grid = _run_stage("pairs", study_dir, pairs, {"index": tune.grid_search(list(range(len(spec.trials))))},
-                              spec, _callbacks(spec, "pairs", tracking, None, progress), concurrency)
-        else:
-            search_alg, samples = search.search_algorithm(spec, study_dir)
-            grid = _run_stage("pairs", study_dir, pairs, {}, spec, _callbacks(spec, "pairs", tracking, None, progress),
-                              concurrency, search_alg=search_alg, num_samples=samples)
-        interrupted = any(r.metrics is None or not r.metrics.get("final") for r in grid if r.error is None)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if session_dir:  # a Ray this driver started ends with it; one it joined (or a caller's) stays up
-            ray_session.stop_local_ray(study_dir)
+    interrupted = False
+    with StopRequest() as stop:
+        try:
+            if spec.search == "grid":
+                # Indices refer to the full, deterministic endpoint list and grid, the same in every run.
+                endpoints = spec.endpoints()
+                jobs = list(endpoints.values())
+                store = folder.store()
+                missing = [i for i, key in enumerate(endpoints) if not store.contains(key)]
+                if missing:
+                    trainable = tune.with_resources(
+                        tune.with_parameters(endpoint_trainable, spec=spec, jobs=jobs, study_dir=str(study_dir)),
+                        _resources(spec))
+                    grid = _run_stage("endpoints", study_dir, trainable, {"index": tune.grid_search(missing)},
+                                      spec, _callbacks(spec, "endpoints", tracking, jobs, progress), concurrency)
+                    interrupted = _incomplete(grid)
+                pending = [i for i, item in enumerate(spec.trials) if folder.finished_result(item.key) is None]
+                if pending and not (interrupted or stop.signal):
+                    grid = _run_stage("pairs", study_dir, pairs, {"index": tune.grid_search(pending)}, spec,
+                                      _callbacks(spec, "pairs", tracking, None, progress), concurrency)
+                    interrupted = _incomplete(grid)
+            else:
+                search_alg, samples = search.search_algorithm(spec, study_dir)
+                remaining = samples - sum(1 for _ in folder.finished_results())
+                if remaining > 0:
+                    grid = _run_stage("pairs", study_dir, pairs, {}, spec,
+                                      _callbacks(spec, "pairs", tracking, None, progress), concurrency,
+                                      search_alg=search_alg, num_samples=remaining)
+                    interrupted = _incomplete(grid)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if session_dir:  # a Ray this driver started ends with it; one it joined (or a caller's) stays up
+                ray_session.stop_local_ray(study_dir)
+    interrupted = interrupted or stop.signal is not None
     extra = (spec.optuna.metric,) if spec.optuna is not None else ()
     table = tracker.results_table(extra)
     failed = int((table["status"] == FAILED).sum()) if len(table) else 0
     if not interrupted:
         tracker.finish_study({"trials_failed": failed, "trials_total": len(table)})
-    return StudyOutcome(study_dir, table, failed, interrupted)
+    return StudyOutcome(study_dir, table, failed, interrupted,
+                        signal=stop.signal if stop.signal is not None else (signal.SIGINT if interrupted else None),
+                        reconciled=reconciled)

@@ -164,14 +164,10 @@ def _deep_merge(target: dict[str, Any], update: Mapping[str, Any]) -> None:
 
 
 def trial_key(config: Mapping[str, Any]) -> str:
-    """Stable id of a trial config (its parsed, defaults-filled form), used as the MLflow run's tag.
-
-    How the device is used (``runtime``) is not part of it: resuming a study with another runtime setting
-    continues it instead of starting every trial again. Hashed like an endpoint's key
+    """Stable id of a trial config (:meth:`TrialConfig.identity` of its parsed, defaults-filled form), used as
+    the MLflow run's ``trial_key`` tag and the name of its artifact folder. Hashed like an endpoint's key
     (:func:`study.common.identity.content_key`), so a value JSON cannot hold exactly is an error, not a string."""
-    parsed = trial_config.parse(config).to_dict()
-    parsed.pop("runtime")
-    return content_key({"kind": "trial", "config": parsed})
+    return content_key({"kind": "trial", "config": trial_config.parse(config).identity()})
 
 
 # ----------------------------------------------------------------------------------------------------------------

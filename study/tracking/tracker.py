@@ -25,6 +25,11 @@ from study.tracking import schema
 log = logging.getLogger(__name__)
 
 _TRANSIENT = ("database is locked", "database table is locked", "busy", "unable to open database")
+#: Store faults no retry can fix: reported as one TrackingUnavailable message (a user error), not a traceback.
+_FATAL = {"readonly database": "the store is read-only", "read-only file system": "the store is read-only",
+          "disk is full": "the disk is full", "no space left": "the disk is full",
+          "disk i/o error": "disk I/O error", "file is not a database": "the file is not a database",
+          "malformed": "the database is damaged", "no such table": "the database is not an MLflow store"}
 
 
 class _RetryingClient:
@@ -45,7 +50,13 @@ class _RetryingClient:
                 try:
                     return method(*args, **kwargs)
                 except Exception as error:  # noqa: BLE001 - MLflow wraps sqlite errors in its own types
-                    if not any(t in str(error).lower() for t in _TRANSIENT):
+                    text = str(error).lower()
+                    fatal = next((why for marker, why in _FATAL.items() if marker in text), None)
+                    if fatal is not None:
+                        raise TrackingUnavailable(
+                            f"MLflow store {self._uri}: {fatal} ({name}: {str(error).splitlines()[0][:200]}); "
+                            f"fix it, then `study resume` continues the study") from None
+                    if not any(t in text for t in _TRANSIENT):
                         raise
                     if attempt == self._attempts:
                         raise TrackingUnavailable(
@@ -139,6 +150,19 @@ class StudyTracker:
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         for start in range(0, len(batch), 900):
             self.client.log_batch(run_id, metrics=batch[start:start + 900])
+
+    def log_final(self, run_id: str, metrics: Mapping[str, Any], artifacts: Path | None = None) -> None:
+        """A trial's final metrics and files, exactly once: metrics the run already has are not logged again (a
+        second value would add a point to their history), files only if the run has none yet."""
+        existing = self.client.get_run(run_id).data.metrics
+        self.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in existing})
+        if artifacts is not None and not self.client.list_artifacts(run_id):
+            self.log_artifacts(run_id, artifacts)
+
+    def runs_by_key(self, kind: str) -> dict[str, Any]:
+        """The study's runs of ``kind`` by their ``trial_key`` (one search, for reconciling many at once)."""
+        runs = schema.search_all(self.client, self.experiment_id, schema.kind_filter(kind))
+        return {r.data.tags[schema.TRIAL_KEY]: r for r in runs if schema.TRIAL_KEY in r.data.tags}
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
         if directory.is_dir() and any(directory.iterdir()):
