@@ -39,6 +39,7 @@ import yaml
 from study.common.errors import SpecError, UsageError
 from study.sweep import spec as study_spec
 from study.tracking import schema
+from study.tracking.health import sqlite_problem
 from study.tracking.schema import FINISHED
 from study.tracking.tracker import flatten_params
 
@@ -116,9 +117,13 @@ def study_source(directory: str | Path, tracking_uri: str | None = None) -> Stud
         raise UsageError(f"{spec_file}: has no study name")
     if tracking_uri is None:
         db = directory / "mlflow.db"
-        if not db.is_file():  # opening a missing sqlite store would create (and migrate) an empty one
+        problem = sqlite_problem(db)  # opening a missing or empty store would create (and migrate) a new one
+        if problem == "missing":
             raise UsageError(f"{directory}: no runs yet (no mlflow.db); run the study first: "
-                              f"study resume {directory}")
+                             f"study resume {directory}")
+        if problem not in (None, "read-only"):
+            raise UsageError(f"{db} is {problem}; `study resume {directory} --rebuild-tracking` rebuilds its runs "
+                             f"from the study folder")
         tracking_uri = schema.default_uri(directory)
     return StudySource(name, directory.resolve(), tracking_uri)
 

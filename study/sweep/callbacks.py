@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study.common.errors import UserError
 from study.core import config as trial_config
 from study.sweep.records import ENDPOINT_METRICS, endpoint_run_info, pair_run_name
 from study.sweep.spec import StudySpec
@@ -59,6 +60,16 @@ class MLflowTrials(Callback):
                  jobs: list[tuple[dict, int]] | None = None):
         self.spec, self.stage, self.tracking, self.jobs = spec, stage, tracking, jobs
         self._run_ids: dict[str, str] = {}
+        #: The first store fault (a full disk, a read-only store) that stopped the experiment. Tune wraps a
+        #: callback's exception in a TuneError holding a traceback; the driver re-raises this one instead.
+        self.fault: Exception | None = None
+
+    def _guard(self, hook, *args: Any) -> None:
+        try:
+            hook(*args)
+        except (UserError, OSError) as error:
+            self.fault = self.fault or error
+            raise
 
     def _describe(self, trial: Any) -> tuple[str, str, str, dict[str, Any]]:
         """(key, run name, run kind, params) of a Tune trial."""
@@ -79,12 +90,21 @@ class MLflowTrials(Callback):
         return self._run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracking.get().mark_running(self._run(trial))
+        self._guard(lambda: self.tracking.get().mark_running(self._run(trial)))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.tracking.get().mark_retried(self._run(trial), trial.num_failures)
+        self._guard(lambda: self.tracking.get().mark_retried(self._run(trial), trial.num_failures))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._guard(self._log_result, trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._guard(lambda: self.tracking.get().finish(self._run(trial)))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._guard(lambda: self.tracking.get().finish(self._run(trial), failed=True, reason=error_reason(trial)))
+
+    def _log_result(self, trial: Any, result: dict[str, Any]) -> None:
         run = self._run(trial)
         tracker = self.tracking.get()
         if result.get("final"):
@@ -93,9 +113,3 @@ class MLflowTrials(Callback):
         elif "epoch" in result:
             tracker.log_metrics(run, {f"progress/{result.get('phase')}_loss": result["progress_loss"]},
                                 step=int(result.get("training_iteration", 0)))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracking.get().finish(self._run(trial))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracking.get().finish(self._run(trial), failed=True, reason=error_reason(trial))

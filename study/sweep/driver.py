@@ -29,7 +29,7 @@ from study.sweep import ray_session, search
 from study.sweep.callbacks import LazyTracker, MLflowTrials
 from study.sweep.folder import StudyFolder
 from study.sweep.owner import driver_lock
-from study.sweep.progress import ProgressLine
+from study.sweep.progress import ProgressLine, install_one_line_trial_errors
 from study.sweep.spec import StudySpec
 from study.sweep.records import Reconciled, reconcile
 from study.sweep.trainables import TrialFunction, endpoint_trainable, pair_trainable
@@ -133,7 +133,13 @@ def _run_stage(name: str, study_dir: Path, trainable: Any, param_space: dict[str
         name=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=str((study_dir / "ray_results").resolve()), callbacks=callbacks, verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+    try:
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
+    except Exception:
+        fault = next((c.fault for c in callbacks if getattr(c, "fault", None) is not None), None)
+        if fault is not None:  # a full disk or a broken store, reported as itself rather than as Tune's traceback
+            raise fault from None
+        raise
 
 
 def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,
@@ -172,6 +178,7 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
     tracker.log_spec(spec.source, folder.spec_path)
     concurrency = max_concurrent or spec.execution.max_concurrent
     progress = ProgressLine() if show_progress else None
+    install_one_line_trial_errors()
     ray_session.stop_orphaned_ray(study_dir)
     session_dir = ray_session.init_ray(address)
     if session_dir:
@@ -213,6 +220,8 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
             if session_dir:  # a Ray this driver started ends with it; one it joined (or a caller's) stays up
                 ray_session.stop_local_ray(study_dir)
     interrupted = interrupted or stop.signal is not None
+    if interrupted:  # the trials the stop cancelled are not running any more; say so in MLflow too
+        tracker.close_orphans()
     extra = (spec.optuna.metric,) if spec.optuna is not None else ()
     table = tracker.results_table(extra)
     failed = int((table["status"] == FAILED).sum()) if len(table) else 0

@@ -5,6 +5,8 @@ On a terminal the line is redrawn in place; in logs and pipes one line is printe
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import time
 from typing import Any
@@ -74,3 +76,27 @@ class _ProgressCallback(Callback):
     def on_experiment_end(self, trials, **info):
         self.line.show(self.stage, trials, force=True)
         self.line.finish()
+
+
+class OneLineTrialErrors(logging.Filter):
+    """Ray Tune logs every failed trial attempt with its full traceback (~40 lines, with colour codes, in files
+    too). The console gets one line instead: which trial, which attempt and the exception's last line; the full
+    traceback stays in the trial's ``error.txt`` under ``ray_results/``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text = str(error).strip().splitlines()
+            last = next((line for line in reversed(text) if line.strip()), type(error).__name__)
+            record.msg = f"{record.getMessage()}: {_ANSI.sub('', last)[:300]}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def install_one_line_trial_errors() -> None:
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, OneLineTrialErrors) for f in logger.filters):
+        logger.addFilter(OneLineTrialErrors())

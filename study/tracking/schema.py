@@ -11,6 +11,7 @@ params and ``factor.<dotted path>`` tags.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -69,9 +70,21 @@ def factor_tags(flat: Mapping[str, str]) -> dict[str, str]:
 def open_client(uri: str) -> Any:
     """An MlflowClient for ``uri`` (no artifact progress bars: they garble logs and pipes)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # imported here: MLflow costs seconds, most commands never need it
 
+    quiet_mlflow_logs()
     return MlflowClient(uri)
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow sets its loggers to INFO when imported ("Creating initial MLflow database tables...") and logs store
+    errors with their traceback before raising them; we report those errors ourselves, in one line. Left alone
+    when the user asked for verbose logs."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:

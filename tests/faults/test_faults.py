@@ -12,7 +12,6 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,9 @@ SPEC = {"name": "faults",
 class Study:
     """A study folder under ``tmp`` driven by ``study`` subprocesses with their own short RAY_TMPDIR."""
 
-    def __init__(self, tmp: Path, spec: dict[str, Any] | None = None):
+    def __init__(self, tmp: Path, spec: dict[str, Any] | None = None, logs: Path | None = None):
         self.tmp, self.spec = tmp, copy.deepcopy(spec or SPEC)
+        self.log_dir = logs or tmp
         self.spec_file = tmp / "spec.yaml"
         self.spec_file.write_text(yaml.safe_dump(self.spec))
         self.dir = tmp / "out" / self.spec["name"]
@@ -53,7 +53,7 @@ class Study:
 
     def start(self, *args: str, faults: bool = False) -> tuple[subprocess.Popen, Path]:
         self.logs += 1
-        log = self.tmp / f"cli-{self.logs}.log"
+        log = self.log_dir / f"cli-{self.logs}.log"
         return chaos.study_cli(list(args), env=self.env, log=log, faults=faults), log
 
     def run(self, *args: str, timeout: float = 600) -> tuple[int, str]:
@@ -231,7 +231,7 @@ def test_a_read_only_study_folder_gives_one_clear_error_and_stays_resumable(tmp_
     if not mounted and os.geteuid() == 0:
         pytest.skip("root without mount(2): no way to make a folder read-only for this process")
     try:
-        s = Study(mount)
+        s = Study(mount, logs=tmp_path)
         _finished(s)
         (s.dir / "artifacts" / sorted(os.listdir(s.dir / "artifacts"))[0] / "result.json").unlink()  # work left
         if mounted:
@@ -264,7 +264,7 @@ def test_a_full_disk_mid_study_gives_one_clear_error_and_resume_duplicates_nothi
     if not _mount_tmpfs(mount, "6m"):
         pytest.skip("needs root and mount(2) for a small tmpfs")
     try:
-        s = Study(mount)
+        s = Study(mount, logs=tmp_path)
         proc, log = s.first_run()
         s.wait_until(lambda: s.runs("endpoint", "FINISHED") >= 1, proc)
         filler = mount / "filler"
