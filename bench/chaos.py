@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the integrity audit lives with the fault tests (tests/support/audit.py)
+
+from tests.support.audit import integrity_problems  # noqa: E402
 
 TRIAL = {"data": {"name": "digits"}, "model": {"arch": "mlp", "width": 0.125},
          "train": {"epochs": 1, "batch_size": 128, "augment": False}, "eval": {"points": 3}, "device": "cpu"}
@@ -131,6 +134,7 @@ def audit(study_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
         "store_files": len(files),
         "store_written": _store_written(study_dir),
         "pair_trials_training_endpoints": uncached,
+        "integrity": integrity_problems(study_dir, spec),
     }
 
 
@@ -459,7 +463,8 @@ def _survival(a: dict[str, Any]) -> str:
     status = a["trial_status"]
     return (f"{status.get('FINISHED', 0)}/{a['planned_trials']} trials finished, {a['trial_runs']} trial runs "
             f"({len(set(a['trial_keys']))} distinct), {len(a['store_keys'])} endpoints stored in "
-            f"{a['store_files']} files, {a['endpoint_runs']} endpoint runs, {a['running']} runs left RUNNING")
+            f"{a['store_files']} files, {a['endpoint_runs']} endpoint runs, {a['running']} runs left RUNNING; "
+            f"integrity audit: {'; '.join(a['integrity']) or 'clean'}")
 
 
 def main() -> None:
@@ -514,7 +519,8 @@ def main() -> None:
               f"(max_failures 2), exit {f['returncode']} after {f['wall_s']:.0f} s: "
               f"{a['trial_status'].get('FINISHED', 0)}/{a['planned_trials']} finished, "
               f"{a['trial_status'].get('FAILED', 0)} failed ({'; '.join(reasons)}), {a['trials_retried']} retried, "
-              f"{a['trial_runs']} trial runs, `study status` names the reason: "
+              f"{a['trial_runs']} trial runs, integrity audit: {'; '.join(a['integrity']) or 'clean'}, "
+              f"`study status` names the reason: "
               f"{'yes' if reasons and all(r in f['status_output'] for r in reasons) else 'NO'}; "
               f"Ray processes left: {len(f['left'])}")
         print(f"chaos: all scenarios in {time.time() - total_start:.0f} s")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import pytest
 import yaml
 
 from study.sweep.spec import validate

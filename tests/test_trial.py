@@ -9,7 +9,6 @@ import torch
 
 from study.core import data as datasets
 from study.core import metrics, models, trial
-from study.core import permutation as P
 from study.core.config import ConfigError, parse
 from study.core.evaluate import path_profile
 from study.core.paths import CurveModel, Path, trainable_state

@@ -19,7 +19,7 @@ from pathlib import Path
 from study.common.errors import SpecError, UsageError
 from study.common.files import atomic_write
 from study.sweep.folder import StudyFolder
-from study.sweep.spec import load, preflight
+from study.sweep.spec import load, parse_yaml, preflight, validate
 
 def _load_spec(path: str):
     try:
@@ -93,13 +93,9 @@ def _spec_diff(old_text: str, new_text: str, old_name: str, new_name: str, limit
 def _check_extension(old_text: str, new, study_dir: Path) -> None:
     """An extension keeps every trial of the spec as run (more seeds, more levels, new factors at the old value
     are fine) and the study's name; anything else belongs in a new study folder."""
-    import yaml
-
-    from study.sweep.spec import validate
-
     try:
-        old = validate(yaml.safe_load(old_text), source=f"{study_dir}/spec.yaml (as run)")
-    except (SpecError, yaml.YAMLError):
+        old = validate(parse_yaml(old_text), source=f"{study_dir}/spec.yaml (as run)")
+    except SpecError:
         raise UsageError(f"{study_dir}: the spec it ran no longer validates, so an extension cannot be checked; "
                          f"use a new study folder (--out or another name)") from None
     if old.name != new.name:

@@ -13,8 +13,32 @@ import sys
 
 from study.cli import analysis_commands, commands
 from study.common.errors import UserError
+from study.common.validation import check_tracking_uri
 
 EXIT_USAGE = 2
+MAX_CONCURRENT = 100_000  # trials at once: more than any Ray cluster schedules
+
+
+def _int_in(low: int, high: int, what: str):
+    """An argparse type: an integer in [low, high] (argparse turns the ValueError into exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer in {low}..{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer in {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _tracking_uri(text: str) -> str:
+    try:
+        return check_tracking_uri(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     def execution_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster head); "
                        "default: start a local Ray")
-        p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default: sqlite in the study folder")
-        p.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+        p.add_argument("--tracking-uri", type=_tracking_uri, default=None,
+                       help="MLflow tracking URI; default: sqlite in the study folder")
+        p.add_argument("--max-concurrent", type=_int_in(1, MAX_CONCURRENT, "max-concurrent"), default=None,
+                       help="at most this many trials at once")
         p.add_argument("--quiet", action="store_true", help="no live progress line")
         p.add_argument("--extend", action="store_true", help="accept a spec that adds trials to the one this study "
                        "ran (more seeds or levels): only the new trials run")
@@ -49,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="trial counts and failures of a study")
     p.add_argument("dir")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", type=_tracking_uri, default=None)
     p.set_defaults(func=commands.cmd_status)
 
     p = sub.add_parser("ui", help="open the MLflow UI of a study (binds 127.0.0.1)")
     p.add_argument("dir")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_int_in(1, 65535, "port"), default=5000)
     p.set_defaults(func=commands.cmd_ui)
 
     p = sub.add_parser("validate", help="check a study spec without running anything")

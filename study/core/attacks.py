@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 NORMS = ("linf", "l2")
+#: PGD steps per attack: every step is a forward and a backward pass per training batch; far beyond the
+#: hundreds used by the strongest evaluations, more than 10,000 is a typo rather than a plan.
+MAX_STEPS = 10_000
 
 # Guards a per-sample division by a norm that can legitimately be 0 (zero gradient, zero perturbation).
 _TINY = 1e-12
@@ -47,8 +50,8 @@ class AttackConfig:
             raise ValueError(f"AttackConfig.eps must be a finite number >= 0 (pixel units), got {self.eps!r}")
         if self.alpha is not None and (not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0):
             raise ValueError(f"AttackConfig.alpha must be None (= eps/4) or a finite number > 0, got {self.alpha!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"AttackConfig.steps must be an integer >= 1, got {self.steps!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"AttackConfig.steps must be an integer >= 1 and <= {MAX_STEPS}, got {self.steps!r}")
         if self.norm not in NORMS:
             raise ValueError(f"AttackConfig.norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
         if not isinstance(self.random_start, bool):

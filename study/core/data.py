@@ -20,7 +20,7 @@ import random
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -151,19 +151,31 @@ class _Source:
 
 
 Loader = Callable[..., _Source]
+Shape = tuple[tuple[int, ...], int]  # (input shape without the batch axis, number of classes)
 DATASETS: dict[str, Loader] = {}
+SHAPES: dict[str, Callable[[Mapping[str, Any]], Shape]] = {}
 
 
-def register(name: str) -> Callable[[Loader], Loader]:
-    """Add a loader under ``name``; its keyword-only parameters are the options ``load`` accepts for it."""
+def register(name: str, shape: Shape | Callable[[Mapping[str, Any]], Shape]) -> Callable[[Loader], Loader]:
+    """Add a loader under ``name``; its keyword-only parameters are the options ``load`` accepts for it.
+
+    ``shape`` is what the data set looks like without loading it (or a function of the loader's options giving
+    it), so a study spec can check every model against its data before anything is downloaded or generated."""
 
     def add(loader: Loader) -> Loader:
         if name in DATASETS:
             raise ValueError(f"data set {name!r} is registered twice")
         DATASETS[name] = loader
+        SHAPES[name] = shape if callable(shape) else (lambda options, fixed=shape: fixed)
         return loader
 
     return add
+
+
+def shape_of(name: str, options: Mapping[str, Any] | None = None) -> Shape:
+    """(input shape, classes) of data set ``name`` with ``options``, without loading it."""
+    _lookup(name)
+    return SHAPES[name]({**loader_options(name), **(options or {})})
 
 
 def available() -> list[str]:
@@ -256,7 +268,7 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@register("mnist1d")
+@register("mnist1d", ((40,), 10))
 def _mnist1d(ctx: _Context, *, seed: int = 42, num_samples: int = 5000) -> _Source:
     """MNIST-1D (Greydanus 2020), generated locally: 40-d signals, 10 classes, the package's 80/20 split.
 
@@ -305,7 +317,7 @@ def _unit_interval(x: np.ndarray, low: float, high: float) -> Tensor:
     return torch.from_numpy(np.clip(scaled, 0.0, 1.0).astype(np.float32))
 
 
-@register("digits")
+@register("digits", ((1, 8, 8), 10))
 def _digits(ctx: _Context, *, test_fraction: float = 0.2, test_seed: int = 0) -> _Source:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16) as [N, 1, 8, 8] floats in [0, 1].
 
@@ -325,7 +337,7 @@ def _digits(ctx: _Context, *, test_fraction: float = 0.2, test_seed: int = 0) ->
     return _Source(train_x=x[train], train_y=y[train], test_x=x[test], test_y=y[test], num_classes=10)
 
 
-@register("synthetic")
+@register("synthetic", lambda o: (tuple(int(s) for s in o["in_shape"]), int(o["num_classes"])))
 def _synthetic(
     ctx: _Context,
     *,
@@ -403,14 +415,17 @@ class _VisionSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    in_shape: tuple[int, ...]
     augment: str = "none"
 
 
 _VISION = (
-    _VisionSpec("mnist", "MNIST", 10, (0.1307,), (0.3081,)),
-    _VisionSpec("fashion_mnist", "FashionMNIST", 10, (0.2860,), (0.3530,)),
-    _VisionSpec("cifar10", "CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"),
-    _VisionSpec("cifar100", "CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
+    _VisionSpec("mnist", "MNIST", 10, (0.1307,), (0.3081,), (1, 28, 28)),
+    _VisionSpec("fashion_mnist", "FashionMNIST", 10, (0.2860,), (0.3530,), (1, 28, 28)),
+    _VisionSpec("cifar10", "CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (3, 32, 32),
+                "crop_flip"),
+    _VisionSpec("cifar100", "CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (3, 32, 32),
+                "crop_flip"),
 )
 
 
@@ -459,7 +474,7 @@ def _as_nchw_uint8(data: Any) -> Tensor:
 
 
 for _spec in _VISION:
-    register(_spec.name)(_vision_loader(_spec))
+    register(_spec.name, (_spec.in_shape, _spec.num_classes))(_vision_loader(_spec))
 
 
 # --------------------------------------------------------------------------------------------------------------

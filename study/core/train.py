@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
+# Limits past which a value is a typo, refused before any compute: schedules in the literature run a few hundred
+# to a few thousand epochs, so 100,000 (per endpoint, and every study trains many) is beyond any budget, and a
+# batch of 2**20 CIFAR images with its activations fits on no device.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 2**20
+
 # Offsets the robust-evaluation generator's seed from the training generator's, so the attack's random
 # starts at evaluation time neither consume nor mirror the training stream.
 _EVAL_SEED_OFFSET = 0x9E3779B97F4A7C15
@@ -81,8 +87,10 @@ class Recipe:
         def set_(name: str, value: Any) -> None:  # normalised values on a frozen dataclass
             object.__setattr__(self, name, value)
 
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE), ("eval_batch_size", MAX_BATCH_SIZE)):
             _check_number(name, getattr(self, name), integer=True, low=1)
+            if getattr(self, name) > high:
+                raise ValueError(f"Recipe.{name} must be an integer in [1, {high}], got {getattr(self, name)!r}")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         set_("lr", _check_number("lr", self.lr, low=0, low_open=True))

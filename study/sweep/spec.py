@@ -12,11 +12,14 @@ Format (see ``searchspaces/quickstart.yaml``)::
         - {symmetry: standard}
         - {symmetry: w_asym, options: {n_fix: 8}}
       trial:                         # bundles across sections: merged into the whole trial config
-        - {model: {arch: mlp}, data: {name: mnist}}
-        - {model: {arch: resnet20}, data: {name: cifar10}}
+        - {model: {width: 1.0}, data: {name: mnist}}
+        - {model: {width: 0.5}, data: {name: cifar10}}
     resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional (0.25 -> four trials share a GPU)
     execution: {max_failures: 2, max_concurrent: null}
     search: grid                     # or optuna (then an `optuna:` section)
+
+Each setting is set in one place: a factor may not set what ``trial:`` fixes or what another factor sets
+(``model.arch`` and a ``model`` bundle with an ``arch``), since one of the two would silently win.
 
 Every problem is reported at once, each naming its YAML path, so a user fixes the file in one go.
 """
@@ -26,26 +29,48 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from study.core import config as trial_config
+from study.core import data as datasets
+from study.core import metrics, models
+from study.core.attacks import AttackConfig
+from study.core.train import Recipe
 from study.common.errors import ConfigError, SpecError
 from study.common.identity import content_key
-from study.common.validation import did_you_mean
+from study.common.validation import SEED_LIMIT, check_number, check_seed, did_you_mean, unknown_name
 
 SEARCHES = ("grid", "optuna")
 OPTUNA_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_LEVEL = ("name", "description", "trial", "factors", "resources", "execution", "search", "optuna")
 ROOT_BUNDLE = "trial"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Matched with ``fullmatch``, and ``\Z`` rather than ``$`` (which also matches before a trailing newline).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+MAX_SPEC_BYTES = 2**20  # a spec is a page of YAML; a larger file is something else
+MAX_SPEC_VALUES = 10**6  # values in a spec with its YAML aliases expanded
+#: Pair trials in one grid: each trains up to two endpoints and evaluates paths; 100,000 of them is beyond any
+#: study (and expanding more would take the validation itself minutes).
+MAX_TRIALS = 100_000
+MAX_OPTUNA_SAMPLES = 100_000  # suggestions of one Optuna search (each one is a pair trial per seed pair)
+OPTUNA_SEED_LIMIT = 2**32  # TPESampler seeds numpy's RandomState, which takes 32 bits
+MAX_CPU, MAX_GPU = 65_536, 1024  # per trial: more than any single node has (a trial runs on one node)
+#: Trainable parameters of one network: training it keeps weights, gradients and optimizer state (12+ bytes
+#: each), 384 GiB at this size, more than any single device holds.
+MAX_PARAMETERS = 2**35
 
 
+#: Input shape and number of classes of the data sets read from disk, known without loading them (the model
+#: built for each trial config is checked against them: an explicit n_fix above a layer's fan-in, a conv net on
+#: flat input). Generated sets (``synthetic``) take theirs from their options.
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
@@ -108,8 +133,6 @@ def _known_paths() -> list[str]:
     out: list[str] = []
     sections = {"data": trial_config.DataConfig, "model": trial_config.ModelConfig, "align": trial_config.AlignConfig,
                 "curve": trial_config.CurveConfig, "eval": trial_config.EvalConfig, "runtime": trial_config.Runtime}
-    from study.core.attacks import AttackConfig
-    from study.core.train import Recipe
 
     for name in ("seeds", "device"):
         out.append(name)
@@ -173,20 +196,101 @@ def trial_key(config: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and validation
 # ----------------------------------------------------------------------------------------------------------------
-def load(path: str | Path) -> StudySpec:
-    """Read and validate a spec file; raises :class:`SpecError` listing every problem."""
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first on line {first}); YAML would silently keep "
+                         f"the last one")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (plain PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: explicit keys may override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first[key])
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str = "<spec>") -> Any:
+    """The YAML document in ``text`` (duplicate keys refused); :class:`SpecError` naming ``source`` if it is not
+    one. Long parser messages are cut to their first line (where and what), so the error stays one line."""
+    try:
+        document = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+        if _too_many_values(document, MAX_SPEC_VALUES):
+            problem = (f"{source}: more than {MAX_SPEC_VALUES} values once YAML aliases are expanded (an alias "
+                       f"bomb, or not a study spec)")
+            raise SpecError([problem])
+        return document
+    except _DuplicateKey as error:
+        raise SpecError([f"{source}: {error}"]) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    except RecursionError:
+        raise SpecError([f"{source}: not valid YAML: nested too deeply"]) from None
+
+
+def _too_many_values(document: Any, limit: int) -> bool:
+    """Whether ``document`` holds more than ``limit`` values counting every alias expansion (YAML anchors share
+    one object, so a small file can stand for billions of values that messages and hashing would expand)."""
+    count, stack = 0, [document]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(value, Mapping):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def read_text(path: str | Path) -> str:
+    """A spec file's text; :class:`SpecError` for a missing, unreadable, oversized or non-UTF-8 file."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"{path}: no such spec file"])
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpecError([f"{path}: not valid YAML: {error}"]) from None
-    return validate(raw, source=str(path))
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpecError([f"{path}: cannot read the spec file ({error.strerror or error})"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: {len(data)} bytes, too large for a study spec (at most {MAX_SPEC_BYTES})"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        problem = (f"{path}: not a UTF-8 text file (byte {error.start} cannot be decoded; a study spec is YAML "
+                   f"saved as UTF-8)")
+        raise SpecError([problem]) from None
+    if "\0" in text:  # valid UTF-8 but binary, or UTF-16 without a byte-order mark
+        raise SpecError([f"{path}: not a UTF-8 text file (it holds NUL bytes; a study spec is YAML saved as UTF-8)"])
+    return text.removeprefix("\ufeff")
+
+
+def load(path: str | Path) -> StudySpec:
+    """Read and validate a spec file; raises :class:`SpecError` listing every problem."""
+    path = Path(path)
+    return validate(parse_yaml(read_text(path), str(path)), source=str(path))
 
 
 def _section(raw: Mapping[str, Any], key: str, cls: type, problems: list[str]) -> Any:
-    value = raw.get(key) or {}
+    value = raw.get(key)
+    value = {} if value is None else value
     if not isinstance(value, Mapping):
         problems.append(f"{key}: must be a mapping, got {value!r}")
         return cls()
@@ -201,25 +305,34 @@ def _section(raw: Mapping[str, Any], key: str, cls: type, problems: list[str]) -
         return cls()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_resources(resources: Resources, problems: list[str]) -> None:
-    for name in ("cpu", "gpu"):
+    valid = True
+    for name, high in (("cpu", MAX_CPU), ("gpu", MAX_GPU)):
         value = getattr(resources, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            problems.append(f"resources.{name}: must be a number >= 0, got {value!r}")
-    if isinstance(resources.cpu, (int, float)) and resources.cpu == 0 and resources.gpu == 0:
+        if not _is_number(value) or not 0 <= value <= high:
+            problems.append(f"resources.{name}: must be a number >= 0 and <= {high} (per trial), got {value!r}")
+            valid = False
+    if not valid:
+        return
+    if resources.cpu == 0 and resources.gpu == 0:
         problems.append("resources: a trial needs cpu > 0 or gpu > 0")
     gpu = resources.gpu
-    if isinstance(gpu, (int, float)) and gpu > 1 and gpu != int(gpu):
+    if gpu > 1 and gpu != int(gpu):
         problems.append(f"resources.gpu: above 1 it must be a whole number of GPUs, got {gpu}")
 
 
 def _check_execution(execution: Execution, problems: list[str]) -> None:
-    if not isinstance(execution.max_failures, int) or isinstance(execution.max_failures, bool) \
-            or execution.max_failures < 0:
-        problems.append(f"execution.max_failures: must be an integer >= 0, got {execution.max_failures!r}")
+    mf = execution.max_failures
+    if not isinstance(mf, int) or isinstance(mf, bool) or not 0 <= mf <= 1000:
+        problems.append(f"execution.max_failures: must be an integer >= 0 and <= 1000 (retries of a failed trial), "
+                        f"got {mf!r}")
     mc = execution.max_concurrent
-    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
-        problems.append(f"execution.max_concurrent: must be null or an integer >= 1, got {mc!r}")
+    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 100_000):
+        problems.append(f"execution.max_concurrent: must be null or an integer >= 1 and <= 100000, got {mc!r}")
 
 
 def _grid(base: dict[str, Any], factors: dict[str, list[Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -252,8 +365,83 @@ def _check_factors(raw: Any, problems: list[str]) -> dict[str, list[Any]]:
         if not values:
             problems.append(f"factors.{key}: empty list (a factor needs at least one value)")
             continue
+        if key == ROOT_BUNDLE and not all(isinstance(v, Mapping) for v in values):
+            problems.append(f"factors.{key}: takes mappings of trial settings (bundles spanning sections), got "
+                            f"{values!r}")
+            continue
         factors[key] = values
     return factors
+
+
+def _leaves(prefix: str, value: Any) -> list[str]:
+    """The dotted paths a value assigned at ``prefix`` sets (a mapping is merged, so it sets its leaves)."""
+    if isinstance(value, Mapping) and value:
+        out: list[str] = []
+        for key, child in value.items():
+            out += _leaves(f"{prefix}.{key}" if prefix else str(key), child)
+        return out
+    return [prefix] if prefix else []
+
+
+def _related(a: str, b: str) -> bool:
+    """True when setting one path changes the other (equal, or one is a section of the other)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _check_overlaps(base: Mapping[str, Any], factors: Mapping[str, list[Any]], problems: list[str]) -> None:
+    """A setting is set in one place: two factors setting it (``model.arch`` and a ``model`` bundle with an
+    ``arch``) would depend on the order of the keys, and a factor over a fixed ``trial:`` value silently
+    replaces it."""
+    fixed = _leaves("", base)
+    sets: dict[str, list[str]] = {}
+    for key, values in factors.items():
+        prefix = "" if key == ROOT_BUNDLE else key
+        sets[key] = list(dict.fromkeys(leaf for value in values for leaf in _leaves(prefix, value)))
+    keys = list(sets)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            clash = next(((x, y) for x in sets[a] for y in sets[b] if _related(x, y)), None)
+            if clash is not None:
+                problems.append(f"factors.{a} and factors.{b}: both set {min(clash, key=len)} (a setting is swept by "
+                                f"one factor only: put its values in one of them)")
+        clash = next(((x, y) for x in sets[a] for y in fixed if _related(x, y)), None)
+        if clash is not None:
+            problems.append(f"factors.{a}: sets {clash[0]}, which trial.{clash[1]} also fixes (a setting is either "
+                            f"fixed under trial: or swept as a factor, not both)")
+
+
+def _data_shape(data: Any) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) of a parsed data config without loading it (the data set registry knows)."""
+    try:
+        return datasets.shape_of(data.name, data.options)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _model_problem(parsed: Any, cache: dict[str, str | None]) -> str | None:
+    """Why the trial's model cannot be built for its data (an explicit n_fix at or above a layer's fan-in, a conv
+    net on flat input, more than MAX_PARAMETERS weights), or None. The model is built on PyTorch's ``meta``
+    device (shapes only, no memory, no compute), once per distinct model and data shape."""
+    shape = _data_shape(parsed.data)
+    if shape is None:
+        return None
+    m = parsed.model
+    key = json.dumps([m.arch, m.width, m.symmetry, m.options, shape], sort_keys=True, default=repr)
+    if key not in cache:
+
+        in_shape, classes = shape
+        where = f"data set {parsed.data.name!r}, input shape {in_shape}"
+        try:
+            with torch.device("meta"):
+                net = models.build(m.arch, symmetry=m.symmetry, width=m.width, num_classes=classes, in_shape=in_shape,
+                                   **m.options)
+            count = sum(p.numel() for p in net.parameters())
+            cache[key] = None if count <= MAX_PARAMETERS else (
+                f"trial.model: {m.arch} at width {m.width} has {count:.3g} parameters on {where}, more than the "
+                f"{MAX_PARAMETERS:.3g} one device could train (lower width or options)")
+        except (ValueError, TypeError) as error:
+            cache[key] = f"trial.model: {error} ({where})"
+    return cache[key]
 
 
 def _describe(chosen: Mapping[str, Any]) -> str:
@@ -270,20 +458,34 @@ def validate(raw: Any, *, source: str = "<spec>") -> StudySpec:
             problems.append(f"{key}: unknown top-level key{did_you_mean(key, TOP_LEVEL)}; "
                             f"allowed: {', '.join(TOP_LEVEL)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         problems.append(f"name: must be 1-64 letters, digits, '_', '-', '.', starting with a letter or digit; "
                         f"got {name!r}")
-    base = raw.get("trial") or {}
-    if not isinstance(base, Mapping):
+    description = raw.get("description", "")
+    if description is not None and not isinstance(description, str):
+        problems.append(f"description: must be text, got {description!r}")
+    base = raw.get("trial")
+    if "trial" not in raw:
+        problems.append("trial: required (the fixed part of every trial's config, e.g. trial: {data: {name: "
+                        "digits}})")
+        base = {}
+    elif not isinstance(base, Mapping):
         problems.append(f"trial: must be a mapping (the fixed part of every trial's config), got {base!r}")
         base = {}
     factors = _check_factors(raw.get("factors"), problems)
+    conflicts: list[str] = []  # reported with the trials' own problems: expanding the grid still works
+    if factors:
+        _check_overlaps(base, factors, conflicts)
+        size = math.prod(len(v) for v in factors.values())
+        if size > MAX_TRIALS:
+            problems.append(f"factors: the grid has {size} combinations, more than the {MAX_TRIALS} pair trials "
+                            f"any study could run (fewer levels, or search: optuna)")
     resources = _section(raw, "resources", Resources, problems)
     _check_resources(resources, problems)
     execution = _section(raw, "execution", Execution, problems)
     _check_execution(execution, problems)
     search = raw.get("search", "grid")
-    if search not in SEARCHES:
+    if not isinstance(search, str) or search not in SEARCHES:
         problems.append(f"search: unknown search {search!r}{did_you_mean(search, SEARCHES)}; allowed: grid, optuna")
     optuna = _check_optuna(raw.get("optuna"), search, factors, problems) if search in SEARCHES else None
 
@@ -292,11 +494,15 @@ def validate(raw: Any, *, source: str = "<spec>") -> StudySpec:
         combos = _grid(dict(base), factors)
         failures: dict[str, list[str]] = {}  # message -> combinations that hit it
         seen: dict[str, str] = {}
+        models_checked: dict[str, str | None] = {}
         for config, chosen in combos:
             try:
                 key = trial_key(config)
-            except ConfigError as error:
-                failures.setdefault(str(error), []).append(_describe(chosen))
+                problem = _model_problem(trial_config.parse(config), models_checked)
+            except (ConfigError, TypeError) as error:  # TypeError: a value JSON cannot hold (a YAML date, say)
+                problem = str(error)
+            if problem is not None:
+                failures.setdefault(problem, []).append(_describe(chosen))
                 continue
             if key in seen:
                 problems.append(f"factors: combinations ({seen[key]}) and ({_describe(chosen)}) give the same trial")
@@ -309,16 +515,21 @@ def validate(raw: Any, *, source: str = "<spec>") -> StudySpec:
             else:
                 more = f" and {len(where) - 1} more combination(s)" if len(where) > 1 else ""
                 problems.append(f"factors ({where[0]}{more}): {message}")
-        if len(problems) > 20:
-            problems = problems[:20] + [f"... and {len(problems) - 20} more problems"]
+        if not problems and optuna is not None:
+            _check_optuna_trials(dict(base), optuna, problems, models_checked)
+    problems = conflicts + problems
+    if len(problems) > 20:
+        problems = problems[:20] + [f"... and {len(problems) - 20} more problems"]
     if problems:
         raise SpecError(problems)
-    return StudySpec(name=name, description=str(raw.get("description", "")), base=dict(base), factors=factors,
+    return StudySpec(name=name, description=str(description or ""), base=dict(base), factors=factors,
                      resources=resources, execution=execution, search=search, optuna=optuna,
                      trials=tuple(trials), source=dict(raw))
 
 
 def _check_optuna(raw: Any, search: str, factors: Mapping[str, Any], problems: list[str]) -> OptunaSettings | None:
+    """The ``optuna`` section's shape; its values against the trial config are checked by
+    :func:`_check_optuna_trials` once the fixed part of the config is known to be valid."""
     if search != "optuna":
         if raw is not None:
             problems.append("optuna: only used with 'search: optuna'")
@@ -326,6 +537,7 @@ def _check_optuna(raw: Any, search: str, factors: Mapping[str, Any], problems: l
     if not isinstance(raw, Mapping):
         problems.append("optuna: 'search: optuna' needs an optuna section with metric, mode, samples and space")
         return None
+    count = len(problems)
     allowed = [f.name for f in fields(OptunaSettings)]
     for key in raw:
         if key not in allowed:
@@ -333,56 +545,168 @@ def _check_optuna(raw: Any, search: str, factors: Mapping[str, Any], problems: l
     for key in ("metric", "mode", "samples", "space"):
         if key not in raw:
             problems.append(f"optuna.{key}: required")
-    if raw.get("mode") not in (None, "min", "max"):
-        problems.append(f"optuna.mode: must be min or max, got {raw.get('mode')!r}")
+    metric = raw.get("metric")
+    if "metric" in raw and (not isinstance(metric, str) or not metric):
+        problems.append(f"optuna.metric: must be the name of a metric a trial reports, got {metric!r}")
+    mode = raw.get("mode")
+    if "mode" in raw and (not isinstance(mode, str) or mode not in ("min", "max")):
+        problems.append(f"optuna.mode: must be min or max, got {mode!r}{did_you_mean(mode, ('min', 'max'))}")
     samples = raw.get("samples")
-    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
-        problems.append(f"optuna.samples: must be an integer >= 1, got {samples!r}")
-    space = raw.get("space") or {}
+    if "samples" in raw and (not isinstance(samples, int) or isinstance(samples, bool)
+                             or not 1 <= samples <= MAX_OPTUNA_SAMPLES):
+        problems.append(f"optuna.samples: must be an integer >= 1 and <= {MAX_OPTUNA_SAMPLES}, got {samples!r}")
+    seed = raw.get("seed", 0)
+    try:
+        check_seed("optuna.seed", seed, limit=OPTUNA_SEED_LIMIT, limit_text="2**32")
+    except ValueError as error:
+        problems.append(f"{error} (TPE seeds numpy, which takes 32 bits)")
+    space = raw.get("space")
     known = _known_paths()
-    if not isinstance(space, Mapping) or not space:
+    if "space" in raw and (not isinstance(space, Mapping) or not space):
         problems.append("optuna.space: must be a non-empty mapping of dotted trial paths to distributions")
-        space = {}
+    space = space if isinstance(space, Mapping) else {}
     for key, dist in space.items():
         where = f"optuna.space.{key}"
-        if key not in known and not _is_open_path(key):
+        if not isinstance(key, str) or (key not in known and not _is_open_path(key)):
             problems.append(f"{where}: unknown trial setting{did_you_mean(key, known)}")
-        if not isinstance(dist, Mapping) or dist.get("type") not in OPTUNA_DISTRIBUTIONS:
-            problems.append(f"{where}: must be a mapping with type one of {', '.join(OPTUNA_DISTRIBUTIONS)}")
             continue
-        if dist["type"] == "choice":
-            if not isinstance(dist.get("values"), list) or not dist["values"]:
-                problems.append(f"{where}.values: a non-empty list is required for type choice")
-        else:
-            low, high = dist.get("low"), dist.get("high")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-                problems.append(f"{where}: needs numbers low < high, got low={low!r}, high={high!r}")
-            elif dist["type"] == "loguniform" and low <= 0:
-                problems.append(f"{where}.low: must be > 0 for loguniform, got {low!r}")
+        if key == "seeds":
+            problems.append(f"{where}: seeds are not searched; list the seed pairs in optuna.repeat_seeds")
         if key in factors:
             problems.append(f"{where}: also a grid factor; a setting is either searched or swept, not both")
+        for other in space:
+            if isinstance(other, str) and other != key and other.startswith(key + "."):
+                problems.append(f"{where} and optuna.space.{other}: both set {other} (search one of them)")
+        _check_distribution(where, dist, problems)
     repeat = raw.get("repeat_seeds", [[0, 1]])
     if not isinstance(repeat, list) or not repeat or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(s, int) for s in p) and p[0] != p[1]
+            isinstance(p, list) and len(p) == 2 and all(isinstance(s, int) and not isinstance(s, bool)
+                                                        and 0 <= s < SEED_LIMIT for s in p) and p[0] != p[1]
             for p in repeat):
-        problems.append(f"optuna.repeat_seeds: must be a list of distinct-seed pairs like [[0, 1], [2, 3]], got {repeat!r}")
+        problems.append(f"optuna.repeat_seeds: must be a list of pairs of distinct seeds in [0, 2**63) like "
+                        f"[[0, 1], [2, 3]], got {repeat!r}")
         repeat = [[0, 1]]
+    elif len({tuple(p) for p in repeat}) != len(repeat):
+        problems.append(f"optuna.repeat_seeds: a seed pair is listed twice in {repeat!r}")
     if factors:
         problems.append("factors: not used with 'search: optuna' (put fixed values under trial:, searched ones under "
                         "optuna.space)")
-    if any(p.startswith("optuna.") and "required" in p for p in problems):
+    if len(problems) > count:
         return None
-    return OptunaSettings(metric=str(raw.get("metric")), mode=str(raw.get("mode")), samples=int(samples or 1),
-                          space=dict(space), seed=int(raw.get("seed", 0)),
+    return OptunaSettings(metric=metric, mode=mode, samples=samples, space=dict(space), seed=int(seed),
                           repeat_seeds=tuple(tuple(p) for p in repeat))
+
+
+#: Keys of each distribution type in ``optuna.space``.
+_DISTRIBUTION_KEYS = {"uniform": ("type", "low", "high"), "loguniform": ("type", "low", "high"),
+                      "int": ("type", "low", "high"), "choice": ("type", "values")}
+
+
+def _check_distribution(where: str, dist: Any, problems: list[str]) -> None:
+    kind = dist.get("type") if isinstance(dist, Mapping) else None
+    if not isinstance(kind, str) or kind not in OPTUNA_DISTRIBUTIONS:
+        problems.append(f"{where}: must be a mapping with type one of {', '.join(OPTUNA_DISTRIBUTIONS)}, got {dist!r}"
+                        f"{did_you_mean(kind, OPTUNA_DISTRIBUTIONS) if isinstance(kind, str) else ''}")
+        return
+    allowed = _DISTRIBUTION_KEYS[kind]
+    for key in dist:
+        if key not in allowed:
+            problems.append(f"{where}.{key}: unknown key for type {kind}{did_you_mean(key, allowed)}; "
+                            f"allowed: {', '.join(allowed)}")
+    if kind == "choice":
+        values = dist.get("values")
+        if not isinstance(values, list) or not values:
+            problems.append(f"{where}.values: a non-empty list is required for type choice")
+            return
+        for value in values:  # Optuna's CategoricalDistribution holds only these
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                problems.append(f"{where}.values: a choice must be a number, text, true/false or null, got {value!r}")
+                return
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{where}.values: a choice must be finite, got {value!r}")
+                return
+        if len({json.dumps(v) for v in values}) != len(values):
+            problems.append(f"{where}.values: a choice is listed twice in {values!r}")
+        return
+    low, high = dist.get("low"), dist.get("high")
+    integer = kind == "int"
+    for bound, value in (("low", low), ("high", high)):
+        try:
+            check_number(f"{where}.{bound}", value, integer=integer)
+        except ValueError as error:
+            problems.append(f"{error}{' (type int needs integer bounds)' if integer else ''}")
+            return
+    if low >= high:
+        problems.append(f"{where}: needs low < high, got low={low!r}, high={high!r}")
+    elif kind == "loguniform" and low <= 0:
+        problems.append(f"{where}.low: must be > 0 for loguniform, got {low!r}")
+
+
+def _space_values(dist: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The values of a distribution that stand for all it can suggest: its bounds (as the type it suggests:
+    floats for uniform and loguniform, so an integer setting is refused), or every choice."""
+    if dist["type"] == "choice":
+        return [(f"values[{i}]", v) for i, v in enumerate(dist["values"])]
+    convert = int if dist["type"] == "int" else float
+    return [("low", convert(dist["low"])), ("high", convert(dist["high"]))]
+
+
+def reported_metrics(parsed: Any) -> set[str]:
+    """The metric names :func:`study.core.trial.run` reports for a parsed trial config (its ``metrics``): the
+    path summaries (:func:`study.core.metrics.summarize` of the linear path and the curve, clean splits plus
+    robust ones under an evaluation attack), distances, endpoint accuracies, curve objective and timings.
+    ``align/`` diagnostics depend on the method and are matched by prefix."""
+
+    names = {"dist/before_alignment", "dist/after_alignment", "align/applied", "align/seconds",
+             "align/function_preserving", *(f"time/{k}" for k in ("setup", "endpoints", "align", "eval")),
+             *(f"endpoint_{e}/test_{k}" for e in "ab" for k in ("acc", "loss"))}
+    paths = ["linear"]
+    if parsed.curve is not None:
+        paths.append(parsed.curve.kind)
+        names |= {"time/curve", f"curve/{parsed.curve.kind}/train_objective"}
+    robust = tuple(parsed.eval.robust_splits) if parsed.eval.attack is not None else ()
+    clean = list(dict.fromkeys([*metrics.PROFILE_SPLITS, *robust]))
+    for path in paths:
+        names |= set(metrics.metric_names(path, clean, robust))
+    return names
+
+
+def _check_optuna_trials(base: dict[str, Any], settings: OptunaSettings, problems: list[str],
+                         models_checked: dict[str, str | None]) -> None:
+    """Each searched setting at its bounds (or each choice) must give a valid trial, and every such trial must
+    report ``optuna.metric``: otherwise the search fails after Ray started, or optimises nothing."""
+    seeds = list(settings.repeat_seeds[0])
+    reported: set[str] | None = None
+    configs = [("", None, None)] + [(key, label, value) for key, dist in settings.space.items()
+                                    for label, value in _space_values(dist)]
+    for key, label, value in configs:
+        config = copy.deepcopy(base)
+        try:
+            if key:
+                set_path(config, key, value)
+            config["seeds"] = seeds
+            trial_key(config)
+            parsed = trial_config.parse(config)
+            problem = _model_problem(parsed, models_checked)
+        except (ConfigError, TypeError) as error:
+            problem, parsed = str(error), None
+        if problem is not None:
+            where = f"optuna.space.{key}: {label}={value!r}" if key else "trial"
+            problems.append(f"{where} gives a trial that cannot run: {problem}")
+            continue
+        names = reported_metrics(parsed)
+        reported = names if reported is None else reported & names
+    if problems or reported is None:
+        return
+    metric = settings.metric
+    if metric not in reported and not (metric.startswith("align/") and len(metric) > len("align/")):
+        problems.append(f"optuna.metric: {unknown_name('metric', metric, sorted(reported))} (metrics every trial "
+                        f"of this search reports)")
 
 
 def preflight(spec: StudySpec, *, local: bool) -> list[str]:
     """Problems that depend on this machine, checked before Ray starts: missing data roots, and (for a local
     run) resources no trial could ever get, which would otherwise leave trials PENDING forever."""
-    import os
-
-    import torch
 
     problems: list[str] = []
     configs = [t.config for t in spec.trials] or [spec.base]
