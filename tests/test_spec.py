@@ -227,3 +227,17 @@ def test_settings_that_change_a_trials_results_change_its_key(path, value):
 def test_trial_keys_do_not_depend_on_defaults_being_spelt_out():
     spelt = {**copy.deepcopy(TRIAL), "align": {"method": "none"}, "eval": {"points": 25}}
     assert trial_key(spelt) == trial_key(TRIAL)
+
+
+def test_an_unreachable_ray_address_is_one_clear_error_not_an_endless_retry(tmp_path, capsys):
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "addr", "trial": {"data": {"name": "digits"}, "device": "cpu"},
+                                    "factors": {"seeds": [[0, 1]]}}))
+    start = time.monotonic()
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "out"), "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in err and "Traceback" not in err
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "out" / "addr" / "mlflow.db").exists()

@@ -162,6 +162,8 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
            max_concurrent: int | None, show_progress: bool, trial_fn: TrialFunction,
            rebuild_tracking: bool) -> StudyOutcome:
     study_dir = folder.root
+    if address:
+        ray_session.check_reachable(address)  # before anything is written
     if tracking_uri is None:
         check_embedded_store(folder, rebuild=rebuild_tracking)
     uri = tracking_uri or default_uri(study_dir)

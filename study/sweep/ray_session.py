@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ray
 
+from study.common.errors import UsageError
+
 import psutil  # noqa: E402 - Ray vendors psutil and puts it on the path when it is imported
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,30 @@ def init_ray(address: str | None) -> str | None:
     if ray.is_initialized():
         return None
     if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as error:
+            raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {str(error).splitlines()[0]}") \
+                from None
         return None
     context = ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                        object_store_memory=200 * 1024**2)
     return os.path.realpath(context.address_info["session_dir"])
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` address must accept a connection; Ray itself would retry an unreachable one for minutes."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"--address {address!r}: expected host:port, 'auto' or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise UsageError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); is it running? "
+                         f"(`ray status` on the head; --address auto there)") from None
 
 
 def record_session(study_dir: Path, session_dir: str) -> None:
