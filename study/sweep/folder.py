@@ -79,11 +79,17 @@ class StudyFolder:
         return read_result(self.artifact_dir(key) / RESULT_FILE, key)
 
     def finished_results(self) -> Iterator[dict[str, Any]]:
-        """Every finished trial's result record (in key order)."""
+        """Every finished trial's result record (in key order); one warning for all the unusable ones."""
+        unusable = 0
         for path in sorted((self.root / "artifacts").glob(f"*/{RESULT_FILE}")):
             record = read_result(path, path.parent.name)
-            if record is not None:
+            if record is None:
+                unusable += 1
+            else:
                 yield record
+        if unusable:
+            log.warning("%s: %d result file(s) are damaged, incomplete or written by an older symstudy; their "
+                        "trials count as not run", self.root / "artifacts", unusable)
 
     def has_history(self) -> bool:
         """Whether a study ran here before (results, endpoints or Tune records exist)."""
@@ -98,9 +104,9 @@ def read_result(path: Path, key: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        log.warning("ignoring unreadable result %s (%s): the trial will run again", path, error)
+        log.debug("ignoring unreadable result %s (%s): the trial will run again", path, error)
         return None
     if not isinstance(record, dict) or any(f not in record for f in RESULT_FIELDS) or record["trial_key"] != key:
-        log.warning("ignoring incomplete result %s: the trial will run again", path)
+        log.debug("ignoring incomplete result %s: the trial will run again", path)
         return None
     return record
