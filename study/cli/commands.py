@@ -167,7 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from study.tracking import schema
     from study.tracking.health import sqlite_problem
 
-    finished = {r["trial_key"] for r in folder.finished_results()}
+    finished = folder.finished_keys()
     stored = set(folder.store().keys())
     if spec.search == "grid":
         planned = {t.key for t in spec.trials}
@@ -192,15 +192,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     client = schema.open_client(args.tracking_uri or schema.default_uri(study_dir))
     experiment = client.get_experiment_by_name(spec.name)
-    table = schema.results_table(client, experiment.experiment_id) if experiment is not None else None
-    if table is None or not len(table):
+    runs = [] if experiment is None else schema.search_all(client, experiment.experiment_id,
+                                                           schema.kind_filter(schema.TRIAL_RUN))
+    if not runs:
         print("  MLflow: no trial runs yet" + (f" ({len(finished)} finished trial(s) are logged by `study resume`)"
                                                 if finished else ""))
         return 0
+    table = schema.results_table(client, experiment.experiment_id, runs=runs)
     counts = table["status"].value_counts().to_dict()
     print("  MLflow runs: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
-    logged = {r.data.tags.get(schema.TRIAL_KEY) for r in schema.search_all(
-        client, experiment.experiment_id, schema.kind_filter(schema.TRIAL_RUN)) if r.info.status == schema.FINISHED}
+    logged = {r.data.tags.get(schema.TRIAL_KEY) for r in runs if r.info.status == schema.FINISHED}
     unlogged = finished - logged
     if unlogged:
         print(f"  {len(unlogged)} finished trial(s) not yet FINISHED in MLflow (`study resume` logs them)")

@@ -188,9 +188,7 @@ class AlignConfig:
 def _check_align_options(method: str, options: Mapping[str, Any]) -> None:
     """Option values against the type of the method's default, before any compute (the method itself checks
     them only when it runs, after both endpoints are trained)."""
-    import inspect
-
-    defaults = {p.name: p.default for p in inspect.signature(align.METHODS[method].run).parameters.values()}
+    defaults = align.METHODS[method].defaults()
     choices = {("activation", "similarity"): align.activation.SIMILARITIES, ("pam", "init"): align.pam.INITS}
     for key, value in options.items():
         where, default = f"options.{key}", defaults.get(key)

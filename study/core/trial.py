@@ -160,8 +160,9 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
     clock = time.perf_counter()
     samples = min(cfg.align.samples, data.size("train"))
     inputs = data.batch("train", slice(0, samples))[0]
+    whole_dataset = align.METHODS[cfg.align.method].inputs == "dataset"
     alignment = align.match(model_a, model_b, method=cfg.align.method, seed=cfg.align.seed,
-                            data=data if align.METHODS[cfg.align.method].inputs == "dataset" else inputs, **cfg.align.options)
+                            data=data if whole_dataset else inputs, **cfg.align.options)
     # On W-Asym/FiGLU nets a permutation is not a symmetry: permuting B would make it a different, untrained
     # model. There alignment is a diagnostic (how close to identity is it?) and the paths use B as trained.
     applied = align.function_preserving(model_b)

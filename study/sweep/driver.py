@@ -95,7 +95,7 @@ def check_embedded_store(folder: StudyFolder, *, rebuild: bool) -> None:
         raise TrackingUnavailable(f"{db} is read-only: the study cannot record its runs; make the study folder "
                                   f"writable, then `study resume {folder.root}`")
     if not rebuild:
-        trials = sum(1 for _ in folder.finished_results())
+        trials = len(folder.finished_keys())
         raise TrackingUnavailable(
             f"{db} is {problem}, but this study has run before: opening it would lose the finished trials' runs "
             f"from MLflow. Restore the file, pass --tracking-uri if the runs live elsewhere, or rebuild them from "
@@ -129,10 +129,10 @@ def _run_stage(name: str, study_dir: Path, trainable: Any, param_space: dict[str
                                   num_samples=num_samples)
     # A fresh Tune experiment every time: what is done is read from the study folder, so Tune's saved state (which
     # lags behind, and would bring back the first run's callbacks and flags) is never restored.
+    # Checkpoints live in the study folder (study.sweep.checkpoints), not in Tune's.
     run_config = tune.RunConfig(
-        name=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=str((study_dir / "ray_results").resolve()), callbacks=callbacks, verbose=0,
-        failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        name=f"{name}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=str((study_dir / "ray_results").resolve()),
+        callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=spec.execution.max_failures))
     try:
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config).fit()
     except Exception:
@@ -203,14 +203,15 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
                     grid = _run_stage("endpoints", study_dir, trainable, {"index": tune.grid_search(missing)},
                                       spec, _callbacks(spec, "endpoints", tracking, jobs, progress), concurrency)
                     interrupted = _incomplete(grid)
-                pending = [i for i, item in enumerate(spec.trials) if folder.finished_result(item.key) is None]
+                finished = folder.finished_keys()
+                pending = [i for i, item in enumerate(spec.trials) if item.key not in finished]
                 if pending and not (interrupted or stop.signal):
                     grid = _run_stage("pairs", study_dir, pairs, {"index": tune.grid_search(pending)}, spec,
                                       _callbacks(spec, "pairs", tracking, None, progress), concurrency)
                     interrupted = _incomplete(grid)
             else:
                 search_alg, samples = search.search_algorithm(spec, study_dir)
-                remaining = samples - sum(1 for _ in folder.finished_results())
+                remaining = samples - len(folder.finished_keys())
                 if remaining > 0:
                     grid = _run_stage("pairs", study_dir, pairs, {}, spec,
                                       _callbacks(spec, "pairs", tracking, None, progress), concurrency,

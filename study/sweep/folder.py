@@ -91,6 +91,10 @@ class StudyFolder:
             log.warning("%s: %d result file(s) are damaged, incomplete or written by an older symstudy; their "
                         "trials count as not run", self.root / "artifacts", unusable)
 
+    def finished_keys(self) -> set[str]:
+        """Keys of the finished trials."""
+        return {record["trial_key"] for record in self.finished_results()}
+
     def has_history(self) -> bool:
         """Whether a study ran here before (results, endpoints or Tune records exist)."""
         return (self.ray_results.exists() or any((self.root / "artifacts").glob(f"*/{RESULT_FILE}"))

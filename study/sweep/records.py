@@ -63,7 +63,8 @@ def reconcile(folder: StudyFolder, tracker: StudyTracker) -> Reconciled:
         run = trials.get(key)
         if run is not None and run.info.status == schema.FINISHED:
             continue
-        run_id = tracker.trial_run(key, name=record["run_name"], kind=schema.TRIAL_RUN, params=record["factors"])
+        run_id = run.info.run_id if run is not None else tracker.trial_run(
+            key, name=record["run_name"], kind=schema.TRIAL_RUN, params=record["factors"])
         tracker.log_final(run_id, record["metrics"], folder.artifact_dir(key))
         tracker.finish(run_id)
         out.trials_logged += 1
@@ -78,7 +79,8 @@ def reconcile(folder: StudyFolder, tracker: StudyTracker) -> Reconciled:
             continue
         name, params = endpoint_run_info(stored.description)
         history = stored.metadata.get("history") or [{}]
-        run_id = tracker.trial_run(key, name=name, kind=schema.ENDPOINT_RUN, params=params)
+        run_id = run.info.run_id if run is not None else tracker.trial_run(
+            key, name=name, kind=schema.ENDPOINT_RUN, params=params)
         tracker.log_final(run_id, {"cached": 0, "seconds": stored.metadata.get("seconds", float("nan")),
                                    "val_acc": history[-1].get("val_acc", float("nan"))})
         tracker.finish(run_id)

@@ -105,11 +105,12 @@ def parent_run(client: Any, experiment_id: str) -> Any | None:
     return hits[0] if hits else None
 
 
-def results_table(client: Any, experiment_id: str, extra_metrics: Sequence[str] = ()) -> Any:
+def results_table(client: Any, experiment_id: str, extra_metrics: Sequence[str] = (),
+                  runs: Sequence[Any] | None = None) -> Any:
     """One row per pair-trial run: factors, ``status``, ``error`` and the summary metrics (a pandas DataFrame,
-    sorted by factors)."""
+    sorted by factors). ``runs``: the trial runs, if the caller has already searched them."""
     rows = []
-    for run in search_all(client, experiment_id, kind_filter(TRIAL_RUN)):
+    for run in search_all(client, experiment_id, kind_filter(TRIAL_RUN)) if runs is None else runs:
         row: dict[str, Any] = factors_of(run.data.tags)
         row["status"] = run.info.status
         row["error"] = run.data.tags.get(ERROR, "")

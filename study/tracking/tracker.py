@@ -1,9 +1,9 @@
 """MLflow tracking of a study, written only by the driver (one sqlite writer, works unchanged on a cluster).
 
 One experiment per study with its artifact location inside the study folder, one parent run holding the spec,
-one run per trial found by the ``trial_key`` tag, so retries and resumed studies never duplicate runs
-(Ray's own MLflow callback creates a new run when a trial is restored, which would duplicate them). Trials write their profile CSVs and
-plots to the study folder; the driver attaches them to the trial's run.
+one run per trial found by the ``trial_key`` tag, so retries and resumed studies never duplicate runs (Ray's
+own MLflow callback creates a new run when a trial is restored, which would duplicate them). Trials write their
+profile CSVs and plots to the study folder; the driver attaches them to the trial's run.
 """
 
 from __future__ import annotations

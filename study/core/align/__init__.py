@@ -37,10 +37,14 @@ class Method:
     run: Callable[..., Alignment]
     inputs: str | None = None
 
-    def options(self) -> list[str]:
-        """The keyword options a spec may set in ``align.options`` (everything but the models, data and seed)."""
+    def defaults(self) -> dict[str, Any]:
+        """The keyword options a spec may set in ``align.options`` (everything but the models, data and seed),
+        with their defaults."""
         parameters = inspect.signature(self.run).parameters.values()
-        return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("data", "seed")]
+        return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("data", "seed")}
+
+    def options(self) -> list[str]:
+        return list(self.defaults())
 
 
 METHODS: dict[str, Method] = {
