@@ -261,6 +261,43 @@ def test_old_lock_from_another_host_is_broken_and_a_fresh_one_times_out(tmp_path
     assert not lock.exists()
 
 
+def test_a_lock_the_disk_refused_to_write_is_removed_and_an_unreadable_one_is_broken(tmp_path, monkeypatch, caplog):
+    """A full disk creates the lock file but refuses its bytes (the CI failure of the full-disk fault scenario:
+    an empty lock made the resumed study wait ``stale_after_s``)."""
+    import errno
+
+    from study.store import lock as lock_module
+
+    store = EndpointStore(tmp_path, stale_after_s=600, poll_interval_s=0.02, timeout_s=5)
+    key, calls = endpoint_key(DESCRIPTION), []
+    real_write = os.write
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock_module.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.get_or_create(key, _creator(calls), description=DESCRIPTION)
+    monkeypatch.setattr(lock_module.os, "write", real_write)
+    assert calls == [] and not store.lock_path(key).exists()
+
+    lock = store.lock_path(key)          # what an older version, or a crash between create and write, leaves
+    lock.write_text("")
+    old = time.time() - 2 * lock_module.UNREADABLE_STALE_S
+    os.utime(lock, (old, old))
+    with caplog.at_level(logging.WARNING, logger="study.store"):
+        _, created = store.get_or_create(key, _creator(calls), description=DESCRIPTION)
+    assert created and calls == [1] and "unreadable" in caplog.text
+
+
+def test_a_lock_being_written_right_now_is_not_broken(tmp_path):
+    from study.store.lock import HeartbeatLock
+
+    lock = HeartbeatLock(tmp_path / "x.lock", stale_after_s=600)
+    lock.path.write_text("")                     # just created, its bytes not yet written
+    assert not lock.break_if_stale() and lock.path.exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Corruption: detected, moved aside, retrained; never loaded
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _BREAK_GUARD_STALE_S = 60.0  # a lock-breaking guard older than this was left by a crashed breaker
+#: Writing a lock's few bytes takes microseconds, so a lock file that still cannot be read after this long was
+#: left half-written (a full disk, a crash between create and write) and no one holds it.
+UNREADABLE_STALE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,14 @@ class HeartbeatLock:
                        "time": time.time()}
             os.write(fd, json.dumps(payload).encode())
             os.fsync(fd)
-        finally:
+        except BaseException:
+            # A full disk creates the file but refuses its bytes: an empty lock nobody holds would make every
+            # waiter wait ``stale_after_s``, so a lock we could not write is removed before the error goes on.
             os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
+        os.close(fd)
         return token
 
     @contextlib.contextmanager
@@ -127,6 +136,8 @@ class HeartbeatLock:
             return LockInfo(token=None, pid=None, host=None, age_s=age)
 
     def stale_reason(self, info: LockInfo) -> str | None:
+        if info.token is None and info.age_s > min(UNREADABLE_STALE_S, self.stale_after_s):
+            return f"unreadable for {info.age_s:.0f}s (left half-written by a crash or a full disk)"
         if info.age_s > self.stale_after_s:
             return f"not refreshed for {info.age_s:.0f}s (> {self.stale_after_s:.0f}s)"
         if info.pid is not None and info.host == host_identity() and not pid_alive(info.pid):

@@ -58,7 +58,13 @@ class Study:
 
     def run(self, *args: str, timeout: float = 600) -> tuple[int, str]:
         proc, log = self.start(*args)
-        rc = proc.wait(timeout=timeout)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            locks = {str(p.relative_to(self.dir)): p.read_text()[:200] for p in self.dir.rglob("*.lock")}
+            raise AssertionError(f"`study {' '.join(args)}` hung for {timeout:.0f}s; locks {locks}; "
+                                 f"its output:\n{log.read_text()[-3000:]}") from None
         return rc, log.read_text()
 
     def first_run(self, *extra: str) -> tuple[subprocess.Popen, Path]:
