@@ -148,7 +148,10 @@ def _run_row(run: Any, source: StudySource) -> tuple[dict[str, Any], dict[str, s
     meta = {"study": source.name, "run_id": run.info.run_id, "trial_key": tags.get(schema.TRIAL_KEY, ""),
             "run_name": tags.get(schema.RUN_NAME, run.info.run_name or ""), "status": run.info.status,
             "error": tags.get(schema.ERROR, "")}
-    return meta, _normalize_names(factors), {k: float(v) for k, v in run.data.metrics.items()}
+    # profile/* metrics are the per-t profiles stepped for MLflow's charts (their latest value is t = 1 only):
+    # load_profiles gives them whole
+    metrics = {k: float(v) for k, v in run.data.metrics.items() if not k.startswith(schema.PROFILE_PREFIX)}
+    return meta, _normalize_names(factors), metrics
 
 
 def _cast(values: pd.Series) -> pd.Series:

@@ -10,9 +10,10 @@ from study.core import permutation as P
 from study.core.align import weight
 
 
-def _trained(arch: str, shape: tuple[int, ...], width: float, steps: int = 20, **options) -> torch.nn.Module:
+def _trained(arch: str, shape: tuple[int, ...], width: float, steps: int = 20, seed: int = 0,
+             **options) -> torch.nn.Module:
     """A model after some SGD on a fixed random task, so units are distinct and BN statistics are real."""
-    model = models.build(arch, num_classes=10, in_shape=shape, width=width, seed=0, **options)
+    model = models.build(arch, num_classes=10, in_shape=shape, width=width, seed=seed, **options)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(256, *shape, generator=g), torch.randint(0, 10, (256,), generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -128,3 +129,40 @@ def test_linear_barrier_after_aligning_a_permuted_copy_is_zero(method):
     assert abs(summary["barrier_chord/linear/test_loss"]) <= 1e-5
     assert abs(summary["barrier_chord/linear/train_loss"]) <= 1e-5
     assert unaligned["barrier_chord/linear/test_loss"] > 0.01  # the planted permutation did create a barrier
+
+
+@pytest.mark.parametrize("arch, shape, width", [("tinyten", (3, 8, 8), 1.0), ("resnet20", (3, 8, 8), 0.25)])
+def test_activation_matching_equals_an_independent_float64_computation(arch, shape, width):
+    """Batch moments in float32, totals in float64: on two *different* trained nets every group's permutation
+    reaches the optimum of numpy's float64 Pearson matrix and equals the float64 permutation on every live unit
+    (dead ReLU units correlate 0 with everything: their order among themselves is a tie either way)."""
+    from scipy.optimize import linear_sum_assignment
+
+    model_a, model_b = _trained(arch, shape, width, steps=10), _trained(arch, shape, width, steps=10, seed=1)
+    data = torch.rand(160, *shape, generator=torch.Generator().manual_seed(3))
+    found = align.match(model_a, model_b, method="activation", data=data, batch_size=64).perms
+    spec = model_a.permutation_spec()
+    acts: dict[str, dict[str, torch.Tensor]] = {"a": {}, "b": {}}
+    for side, model in (("a", model_a), ("b", model_b)):
+        modules = dict(model.named_modules())
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n, side=side: acts[side].__setitem__(n, o))
+                 for names in spec.activations.values() for n in names]
+        with torch.no_grad():
+            model(data)
+        for h in hooks:
+            h.remove()
+    for group, names in spec.activations.items():
+        total, live = 0, None
+        for n in names:
+            a, b = (acts[s][n].movedim(1, -1).reshape(-1, acts[s][n].shape[1]).double().numpy() for s in "ab")
+            unit_live = a.std(0) > 1e-3
+            live = unit_live if live is None else live | unit_live
+            a = (a - a.mean(0)) / (a.std(0) + 1e-5)
+            b = (b - b.mean(0)) / (b.std(0) + 1e-5)
+            total = total + a.T @ b / len(a)
+        rows, expected = linear_sum_assignment(total, maximize=True)
+        got = found[group].numpy()
+        assert total[rows, got].sum() >= total[rows, expected].sum() - 1e-6, group
+        assert live.sum() >= len(live) // 2, f"{group}: the test needs mostly live units"
+        assert (got[live] == expected[live]).all(), group
+

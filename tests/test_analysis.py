@@ -76,6 +76,19 @@ def _profile(index: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _plane(index: int) -> pd.DataFrame:
+    """A plane.csv as study.core.plane writes it: a bowl around the bend, markers for the plot."""
+    axis = np.linspace(-0.2, 1.2, 5)
+    rows = [{"kind": "grid", "i": i, "j": j, "x": x, "y": y, "t": np.nan, "off_plane": 0.0,
+             "test_loss": 0.1 + (1 + index % 3) * ((x - 0.5) ** 2 + (y - 1) ** 2), "test_acc": 0.9 - 0.1 * x * y}
+            for (i, x), (j, y) in itertools.product(enumerate(axis), enumerate(axis))]
+    rows += [{"kind": k, "i": -1, "j": -1, "x": x, "y": y, "t": np.nan, "off_plane": 0.0}
+             for k, x, y in (("endpoint_a", 0, 0), ("endpoint_b", 1, 0), ("bend", 0.5, 1))]
+    rows += [{"kind": "curve", "i": -1, "j": -1, "x": t, "y": 2 * t * (1 - t), "t": t, "off_plane": 0.0}
+             for t in np.linspace(0, 1, 11)]
+    return pd.DataFrame(rows).assign(unit_x=3.0, unit_y=1.5)
+
+
 @pytest.fixture(scope="session")
 def scratch(tmp_path_factory):
     """Where the sqlite stores live: RAM (/dev/shm) when there is one, since every MLflow write is an fsynced
@@ -105,7 +118,7 @@ def template_db(scratch) -> Path:
 
 
 def make_study(root: Path, template: Path, *, spec=SPEC, profiles: bool = False, skip=MISSING_CELL,
-               failed=FAILED_CELL) -> tuple[Path, list[dict]]:
+               failed=FAILED_CELL, extra=None, planes: bool = False) -> tuple[Path, list[dict]]:
     """A study folder as `study run` leaves it (spec.yaml, mlflow.db, artifacts/): one experiment, a parent run
     tagged kind=study, one run per trial tagged and parametrised the way study.tracking does it."""
     study_dir = root / spec["name"]
@@ -124,6 +137,8 @@ def make_study(root: Path, template: Path, *, spec=SPEC, profiles: bool = False,
         tags = {"study": spec["name"], "kind": "trial", "trial_key": key, "mlflow.parentRunId": parent.info.run_id,
                 **{f"factor.{k}": v for k, v in flat.items()}}
         values = {} if cell == failed else _values(index)
+        if extra is not None and values:
+            values.update(extra(cell, index))
         if cell == PARTIAL_CELL:
             del values[PARTIAL_METRIC]
         if cell == failed:
@@ -136,6 +151,8 @@ def make_study(root: Path, template: Path, *, spec=SPEC, profiles: bool = False,
             directory = study_dir / "artifacts" / key
             directory.mkdir(parents=True)
             _profile(index).to_csv(directory / "profiles.csv", index=False)
+            if planes:
+                _plane(index).to_csv(directory / "plane.csv", index=False)
         truth.append({**cell, "status": "FAILED" if cell == failed else "FINISHED", "key": key, "run_id": run_id,
                       **values})
     client.set_terminated(parent.info.run_id)
@@ -289,25 +306,28 @@ def test_profiles_join_local_files_and_mlflow_artifacts(tmp_study_root, template
 # ---------------------------------------------------------------------------------------------------------------
 # Named tables: exact numbers, failed and missing runs counted
 # ---------------------------------------------------------------------------------------------------------------
-def _table_via_cli(capsys, study_dir: Path, *args: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _table_via_cli(capsys, study_dir: Path, *args: str, stem: str | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     code, out, err = _run_cli(capsys, "table", *args[:1], str(study_dir), "--format", "csv", *args[1:])
     assert code == 0, err
     printed = pd.read_csv(io.StringIO(out))
-    written = pd.read_csv(study_dir / "tables" / f"{args[0]}.csv")
+    stem = stem or args[0]
+    written = pd.read_csv(study_dir / "tables" / f"{stem}.csv")
     pd.testing.assert_frame_equal(printed, written)
-    paired_file = study_dir / "tables" / f"{args[0]}_paired.csv"
+    paired_file = study_dir / "tables" / f"{stem}_paired.csv"
     return printed, (pd.read_csv(paired_file) if paired_file.exists() else None)
 
 
 def test_symmetry_table_exact(study, capsys):
     study_dir, truth = study
     table, paired = _table_via_cli(capsys, study_dir, "symmetry")
-    by = ["model.arch", "model.symmetry", "align.method"]  # data.name is not a factor here: left out
+    # split by every swept factor that is not the subject (eps too: nothing pooled); data.name is not a factor
+    by = ["model.arch", "train.attack.eps", "model.symmetry", "align.method"]
     metrics = ["barrier_chord/linear/test_loss", "barrier_chord/linear/test_error", "endpoint_mean/test_acc"]
-    assert list(table.columns[:4]) == [*by, "metric"]
+    assert list(table.columns[:5]) == [*by, "metric"]
     _check_stats(table, truth, by, metrics)
     assert table["failed"].sum() == 3 and table["missing"].sum() == 3  # one run, counted once per metric
-    _check_paired(paired, truth, ["model.arch", "model.symmetry"], metrics)
+    _check_paired(paired, truth, ["model.arch", "train.attack.eps", "model.symmetry"], metrics)
     assert paired["incomplete"].sum() == 2 * len(metrics)  # the failed and the missing run each break one pair
 
 
@@ -315,33 +335,40 @@ def test_alignment_table_exact_and_picks_the_curve(study, capsys):
     study_dir, truth = study
     table, paired = _table_via_cli(capsys, study_dir, "alignment")
     metrics = ["endpoint_mean/test_acc", "acc_avg/bezier/test", "acc_min/bezier/test"]
-    _check_stats(table, truth, ["model.arch", "align.method"], metrics)  # pooled over symmetry and eps
-    _check_paired(paired, truth, ["model.arch"], metrics)
-    mlp_weight = table[(table["model.arch"] == "mlp") & (table["align.method"] == "weight")]
-    assert set(mlp_weight["n"]) == {11} and set(mlp_weight["failed"]) == {1}
+    by = ["model.arch", "model.symmetry", "train.attack.eps", "align.method"]  # split, not pooled
+    _check_stats(table, truth, by, metrics)
+    _check_paired(paired, truth, by[:-1], metrics)
+    failed_cell = table[(table["model.arch"] == "mlp") & (table["model.symmetry"] == "standard")
+                        & (table["train.attack.eps"] == 0.0) & (table["align.method"] == "weight")]
+    assert set(failed_cell["n"]) == {2} and set(failed_cell["failed"]) == {1}
 
 
 def test_robust_table_exact(study, capsys):
     study_dir, truth = study
     table, paired = _table_via_cli(capsys, study_dir, "robust")
     metrics = ["barrier_chord/linear/test_loss", "robust/barrier_chord/linear/test_loss",
-               "barrier_chord/bezier/test_loss", "robust/barrier_chord/bezier/test_loss"]
-    _check_stats(table, truth, ["train.attack.eps", "align.method"], metrics)
-    _check_paired(paired, truth, ["train.attack.eps"], metrics)
-    missing = table[(table["train.attack.eps"] == 0.03) & (table["align.method"] == "none")]
-    assert set(missing["n"]) == {11} and set(missing["missing"]) == {1} and set(missing["failed"]) == {0}
-    partial = table[(table["train.attack.eps"] == 0.03) & (table["align.method"] == "weight")]
-    assert dict(zip(partial["metric"], partial["n"]))[PARTIAL_METRIC] == 11 and set(partial["finished"]) == {12}
+               "barrier_chord/bezier/test_loss", "robust/barrier_chord/bezier/test_loss", "endpoint_mean/test_acc"]
+    by = ["model.arch", "model.symmetry", "train.attack.eps", "align.method"]  # architectures are not pooled
+    _check_stats(table, truth, by, metrics)
+    _check_paired(paired, truth, by[:-1], metrics)
+    cell = {"model.arch": "tinyten", "train.attack.eps": 0.03}
+    rows = table[(table["model.arch"] == "tinyten") & (table["train.attack.eps"] == 0.03)]
+    missing = rows[(rows["model.symmetry"] == "w_asym") & (rows["align.method"] == "none")]
+    assert set(missing["n"]) == {2} and set(missing["missing"]) == {1} and set(missing["failed"]) == {0}, cell
+    partial = rows[(rows["model.symmetry"] == "standard") & (rows["align.method"] == "weight")]
+    assert dict(zip(partial["metric"], partial["n"]))[PARTIAL_METRIC] == 2 and set(partial["finished"]) == {3}
 
     code, out, err = _run_cli(capsys, "table", "robust", str(study_dir))
-    row = next(line for line in out.splitlines() if line.startswith("| 0.03 | weight |"))
-    assert row.endswith("(n=11) |"), row  # a finished run without the metric shows, it is not hidden
+    row = next(line for line in out.splitlines() if line.startswith("| tinyten | standard | 0.03 | weight |"))
+    assert "(n=2) |" in row, row  # a finished run without the metric shows, it is not hidden
+    assert "Not logged by these runs: robust/endpoint_acc/linear/test." in out
 
 
 def test_custom_table_where_and_markdown_latex_show_counts(study, capsys):
     study_dir, truth = study
     table, paired = _table_via_cli(capsys, study_dir, "custom", "--by", "model.symmetry", "--metric",
-                                   "barrier_chord/linear/test_error", "--paired", "align.method")
+                                   "barrier_chord/linear/test_error", "--paired", "align.method", "--name", "mine",
+                                   stem="mine")
     _check_stats(table, truth, ["model.symmetry"], ["barrier_chord/linear/test_error"])
     _check_paired(paired, truth, ["model.symmetry"], ["barrier_chord/linear/test_error"])
 
@@ -349,16 +376,20 @@ def test_custom_table_where_and_markdown_latex_show_counts(study, capsys):
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("| model.arch"))
     cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[:6] == ["model.arch", "model.symmetry", "align.method", "n", "failed", "missing"]
-    failed_row = next(line for line in out.splitlines() if line.startswith("| mlp | standard | weight |"))
+    assert cells[:7] == ["model.arch", "train.attack.eps", "model.symmetry", "align.method", "n", "failed",
+                         "missing"]
+    failed_row = next(line for line in out.splitlines() if line.startswith("| mlp | 0 | standard | weight |"))
     finished = _select(truth, model__arch="mlp", model__symmetry="standard", align__method="weight",
-                       status="FINISHED")
+                       train__attack__eps=0.0, status="FINISHED")
     n, mean, _, half = _interval(finished["barrier_chord/linear/test_loss"])
-    assert f"| 5 | 1 | 0 | {mean:.4f} ± {half:.4f} |" in failed_row
-    assert "| tinyten | w_asym | none | 5 | 0 | 1 |" in out
-    assert "Pooled over: train.attack.eps (0, 0.03)." in out
+    assert f"| 2 | 1 | 0 | {mean:.4f} ± {half:.4f} |" in failed_row
+    assert "| tinyten | 0.03 | w_asym | none | 2 | 0 | 1 |" in out
+    assert "Pooled over" not in out and "Split by (not this table's subject): model.arch, train.attack.eps." in out
     latex = (study_dir / "tables" / "symmetry.tex").read_text()
-    assert r"\begin{tabular}" in latex and rf"{mean:.4f} $\pm$ {half:.4f}" in latex and r"w\_asym" in latex
+    assert r"\begin{tabular}" in latex and rf"{mean:.4f} $\pm$ {half:.4f}" in latex and "W-Asym" in latex
+    # row groups: one italic header per (architecture, epsilon), readable column names
+    assert latex.count(r"\multicolumn") == 2 * 2 * 2 and r"\textit{Architecture: MLP, Train $\varepsilon$: 0}" in latex
+    assert "Loss barrier, linear" in latex and "Endpoint acc." in latex
 
     # --where keeps a subset of the runs and of the planned grid (so nothing outside it counts as missing).
     table, _ = _table_via_cli(capsys, study_dir, "symmetry", "--where", "train.attack.eps=0.03", "model.arch=mlp")
@@ -371,14 +402,92 @@ def test_custom_table_where_and_markdown_latex_show_counts(study, capsys):
         assert row["n"] == n == 3 and row["mean"] == pytest.approx(mean) and row["ci95"] == pytest.approx(half)
 
 
+def test_custom_tables_count_n_per_cell_and_do_not_overwrite_each_other(study, capsys):
+    study_dir, truth = study
+    code, out, err = _run_cli(capsys, "table", "custom", str(study_dir), "--by", "model.arch", "--columns",
+                              "align.method", "--metric", "barrier_chord/linear/test_loss")
+    assert code == 0, err
+    # mlp: 12 finished runs without alignment, 11 with (one failed): n per cell, not their sum
+    mlp = next(line for line in out.splitlines() if line.startswith("| mlp |"))
+    assert mlp.startswith("| mlp | 12/11 | 1 | 0 |"), mlp
+    assert "Pooled over: model.symmetry (standard, w_asym); train.attack.eps (0, 0.03) (not in --by)." in out
+    first = study_dir / "tables" / "custom_barrier_chord-linear-test_loss_by_model.arch_cols_align.method.md"
+    code, _, err = _run_cli(capsys, "table", "custom", str(study_dir), "--by", "model.arch", "--metric",
+                            "acc_min/bezier/test")
+    second = study_dir / "tables" / "custom_acc_min-bezier-test_by_model.arch.md"
+    assert code == 0 and first.is_file() and second.is_file(), err
+    assert "barrier_chord/linear/test_loss" in first.read_text() and "acc_min/bezier/test" in second.read_text()
+
+
+def _applied_extra(cell: dict, index: int) -> dict[str, float]:
+    """Alignment applied on standard nets only; endpoint accuracy and the ensemble depend on the endpoints only
+    (the same for every alignment method, as in a real study), the merged model also on the method."""
+    endpoints = (tuple(cell["seeds"]), cell["model.arch"], cell["model.symmetry"], cell["train.attack.eps"])
+    rng = np.random.default_rng(abs(hash(str(endpoints))) % 2**32)
+    a, b, ens = rng.uniform(0.8, 1.0, size=3)
+    return {"align/applied": float(cell["model.symmetry"] == "standard"), "endpoint_a/test_acc": float(a),
+            "endpoint_b/test_acc": float(b), "ensemble/test_acc": float(ens),
+            "merge/linear/test_acc": float(np.round(np.random.default_rng(index).uniform(0, 1), 6))}
+
+
+@pytest.fixture(scope="module")
+def applied_study(scratch, template_db) -> tuple[Path, pd.DataFrame]:
+    study_dir, truth = make_study(Path(tempfile.mkdtemp(prefix="applied-", dir=scratch)), template_db,
+                                  spec={**SPEC, "name": "applied"}, extra=_applied_extra)
+    frame = pd.DataFrame(truth)
+    frame["endpoint_mean/test_acc"] = (frame["endpoint_a/test_acc"] + frame["endpoint_b/test_acc"]) / 2
+    frame["seeds"] = frame["seeds"].map(tuple)
+    return study_dir, frame
+
+
+def test_alignment_that_was_not_applied_is_collapsed_not_differenced(applied_study, capsys):
+    study_dir, truth = applied_study
+    table, paired = _table_via_cli(capsys, study_dir, "symmetry")
+    cells = set(zip(table["model.symmetry"], table["align.method"]))
+    assert cells == {("standard", "none"), ("standard", "weight"), ("w_asym", "none")}
+    assert set(paired["model.symmetry"]) == {"standard"}  # no structural 0 ± 0 for w_asym
+    code, out, err = _run_cli(capsys, "table", "symmetry", str(study_dir))
+    assert "align.method = weight on model.symmetry = w_asym; 12 run(s) collapsed into align.method = none" in out
+    assert "0.0000 ± 0.0000" not in out
+    # endpoint accuracy does not depend on the alignment method: it is in the table, not in the differences
+    assert "Identical on both sides of every pair, so left out here: endpoint_mean/test_acc" in out
+    paired_md = out.split("Paired differences")[1]
+    assert "endpoint_mean/test_acc |" not in paired_md.splitlines()[4]
+
+    table, _ = _table_via_cli(capsys, study_dir, "symmetry", "--keep-unapplied")
+    kept = table[table["align.method"] == "weight (not applied)"]
+    assert set(kept["model.symmetry"]) == {"w_asym"} and kept["n"].sum() == 12 * 3  # 12 runs, 3 metrics each
+
+
+def test_merge_table_compares_merge_and_ensemble_exactly(applied_study, capsys):
+    study_dir, truth = applied_study
+    table, paired = _table_via_cli(capsys, study_dir, "merge")
+    metrics = ["endpoint_mean/test_acc", "ensemble/test_acc", "merge/linear/test_acc"]
+    kept = truth[~((truth["model.symmetry"] == "w_asym") & (truth["align.method"] == "weight"))]
+    row_of = table.set_index(["model.arch", "train.attack.eps", "model.symmetry", "align.method", "metric"])
+    for arch, eps, method in itertools.product(["mlp", "tinyten"], [0.0, 0.03], ["none", "weight"]):
+        finished = _select(kept, model__arch=arch, train__attack__eps=eps, model__symmetry="standard",
+                           align__method=method, status="FINISHED")
+        for metric in metrics:
+            n, mean, std, half = _interval(finished[metric])
+            row = row_of.loc[(arch, eps, "standard", method, metric)]
+            assert row["n"] == n and row["mean"] == pytest.approx(mean, rel=1e-12)
+            assert row["ci95"] == pytest.approx(half, rel=1e-12, nan_ok=True)
+    # ensemble and endpoints are the same trained models on both sides: only the merge has differences
+    assert set(paired["metric"]) == set(metrics)
+    code, out, err = _run_cli(capsys, "table", "merge", str(study_dir), "--format", "latex")
+    assert "Ensemble acc." in out and "Merge acc., linear" in out and r"\multicolumn" in out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------------------------------
 def test_plot_writes_png_and_pdf_and_logs_them(tmp_study_root, template_db, capsys):
-    study_dir, _ = make_study(tmp_study_root, template_db, profiles=True)
-    code, out, err = _run_cli(capsys, "plot", str(study_dir))
+    study_dir, _ = make_study(tmp_study_root, template_db, profiles=True, planes=True)
+    code, out, err = _run_cli(capsys, "plot", str(study_dir), "--where", "model.arch=mlp")  # fewer panels to draw
     assert code == 0, err
-    names = {"profiles", "barrier_vs_eps", "barrier_by_symmetry"}
+    names = {"profiles_test_loss", "profiles_test_acc", "profiles_robust_test_loss", "profiles_robust_test_acc",
+             "barrier_vs_eps", "barrier_by_symmetry", "planes"}
     for name in names:
         png, pdf = study_dir / "plots" / f"{name}.png", study_dir / "plots" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -411,7 +520,7 @@ def bad_folders(study, scratch, template_db) -> dict[str, Path]:
 
 @pytest.mark.parametrize("args, expected", [
     (["table", "symetry", "{study}"], ["unknown table 'symetry'", "did you mean 'symmetry'",
-                                       "alignment, symmetry, robust, custom"]),
+                                       "alignment, symmetry, robust, merge, custom"]),
     (["table", "symmetry", "{study}", "--by", "model.archh"], ["unknown factor 'model.archh'",
                                                                "did you mean 'model.arch'", "align.method"]),
     (["table", "robust", "{study}", "--metric", "barrier/linear/test_loss"], ["unknown metric",
@@ -421,6 +530,8 @@ def bad_folders(study, scratch, template_db) -> dict[str, Path]:
     (["table", "symmetry", "{study}", "--where", "model.arch=resnet"], ["unknown level of model.arch 'resnet'",
                                                                       "mlp, tinyten"]),
     (["plot", "{study}", "--by", "seed"], ["unknown factor 'seed'", "did you mean 'seeds'"]),
+    (["plot", "{study}", "--where", "model.arch=resnet"], ["unknown level of model.arch 'resnet'"]),
+    (["table", "symmetry", "{study}", "--name", "../x"], ["--name '../x'", "letters, digits"]),
     (["table", "symmetry", "{empty}"], ["no trial runs", "study 'empty'"]),
     (["table", "symmetry", "{nodb}"], ["no runs yet (no mlflow.db)"]),
     (["table", "symmetry", "{plain}"], ["not a study folder (no spec.yaml)"]),

@@ -127,7 +127,8 @@ def test_path_profile_rejects_a_bad_parallel_points(images):
     ({"parallel_points": 0}, r"trial.runtime: runtime.parallel_points must be an integer in \[1, inf\), got 0 \(or 'auto'\)"),
     ({"parallel_points": "all"}, r"runtime.parallel_points must be an integer in \[1, inf\), got 'all' \(str\).* \(or 'auto'\)"),
     ({"channels_last": "yes"}, r"runtime.channels_last must be true or false, got 'yes' \(or 'auto'\)"),
-    ({"compile": "auto"}, r"runtime.compile must be true or false"),
+    ({"compile": "sometimes"}, r"runtime.compile must be true or false, got 'sometimes' \(or 'auto'\)"),
+    ({"profile": "fastest"}, r"runtime.profile must be one of default, fast; got 'fastest' \(did you mean 'fast'\?\)"),
     ({"paralel_points": 4}, r"trial.runtime: unknown key 'paralel_points' \(did you mean 'parallel_points'\?\)"),
 ])
 def test_bad_runtime_fails_at_parse(runtime, message):
@@ -145,6 +146,34 @@ def test_runtime_defaults_are_per_device():
     assert (default.use_channels_last(cpu, conv), default.use_channels_last(cuda, conv)) == (False, True)
     assert not default.use_channels_last(cuda, mlp)  # no convolutions, nothing to reformat
     assert Runtime(channels_last=True).use_channels_last(cpu, conv)
+
+
+def test_fast_profile_turns_on_what_pays_on_cpu_and_explicit_settings_win():
+    from study.core.runtime import COMPILE_BREAK_EVEN_IMAGES
+
+    cpu = torch.device("cpu")
+    conv = models.build("tinyten", num_classes=10, in_shape=SHAPE, seed=0, width=0.25)
+    mlp = models.build("mlp", num_classes=10, in_shape=SHAPE, seed=0, width=0.125)
+    fast, default = Runtime(profile="fast"), Runtime()
+    assert fast.use_channels_last(cpu, conv) and not default.use_channels_last(cpu, conv)
+    assert not fast.use_channels_last(cpu, mlp)
+    assert fast.use_compile(conv, COMPILE_BREAK_EVEN_IMAGES) and not fast.use_compile(conv, COMPILE_BREAK_EVEN_IMAGES - 1)
+    assert not fast.use_compile(mlp, 10 * COMPILE_BREAK_EVEN_IMAGES) and not fast.use_compile(conv, None)
+    assert not default.use_compile(conv, 10 * COMPILE_BREAK_EVEN_IMAGES)
+    assert not Runtime(profile="fast", channels_last=False, compile=False).use_channels_last(cpu, conv)
+    assert not Runtime(profile="fast", compile=False).use_compile(conv, 10 * COMPILE_BREAK_EVEN_IMAGES)
+
+
+def test_fast_profile_trial_matches_the_default_one_to_1e_3():
+    from study.core import trial
+
+    base = {"data": {"name": "digits"}, "model": {"arch": "tinyten", "width": 0.25}, "seeds": [0, 1],
+            "train": {"epochs": 2, "batch_size": 64, "augment": False}, "align": {"method": "activation"},
+            "eval": {"points": 3}, "device": "cpu"}
+    plain = trial.run(base)["metrics"]
+    fast = trial.run({**base, "runtime": {"profile": "fast"}})["metrics"]
+    for name in ("barrier_chord/linear/test_loss", "endpoint_a/test_acc", "acc_min/linear/test"):
+        assert fast[name] == pytest.approx(plain[name], abs=1e-3), name
 
 
 def test_runtime_is_not_part_of_an_endpoint_identity():

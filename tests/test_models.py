@@ -77,10 +77,10 @@ def test_w_asym_masks_have_exactly_n_fix_per_row_and_public_defaults():
     assert [m.kappa for m in _asym_layers(mlp)] == [1.0, 1.0, 0.5, 0.25]
 
 
-def test_w_asym_overrides_per_group_and_clipped_defaults():
+def test_w_asym_overrides_per_group_and_fractional_defaults():
     model = models.build("mlp", symmetry="w_asym", num_classes=10, in_shape=(40,),
                          n_fix={"layer1": 10, "output": 3}, kappa=2.0)
-    assert [m.n_fix for m in _asym_layers(model)] == [20, 10, 64, 3]  # 64 >= fan-in 40 -> clipped to 20
+    assert [m.n_fix for m in _asym_layers(model)] == [3, 10, 64, 3]  # layer0: 64/784 of fan-in 40 -> 3
     assert all(m.kappa == 2.0 for m in _asym_layers(model))
 
 

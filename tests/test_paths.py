@@ -90,3 +90,30 @@ def test_bad_paths_fail_before_any_compute():
         paths.Path(ta, tb, kind="bezier", n_bends=2)
     with pytest.raises(ValueError, match=r"unknown path kind 'bezir' \(did you mean 'bezier'\?\)"):
         paths.Path(ta, tb, kind="bezir")
+
+
+def test_paths_of_a_trial_evaluate_their_shared_endpoints_once_with_the_same_numbers(monkeypatch):
+    """t = 0 and 1 are θ_A and θ_B on every path: the second path reuses their rows, and every other row (robust
+    ones included: each point draws its own attack starts) equals an evaluation without sharing."""
+    from study.core import data as datasets, evaluate
+    from study.core.attacks import AttackConfig
+
+    data = datasets.load("digits")
+    a, b = (models.build("tinyten", num_classes=10, in_shape=data.in_shape, width=0.125, seed=s) for s in (0, 1))
+    ta, tb = paths.trainable_state(a), paths.trainable_state(b)
+    curve = paths.Path(ta, tb, kind="bezier", n_bends=3)
+    with torch.no_grad():
+        for p in curve.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kwargs = dict(points=5, attack=AttackConfig(eps=0.03, steps=1), max_samples=128, seed=7)
+    alone = [evaluate.path_profile(a, p, data, **kwargs) for p in (paths.Path(ta, tb, kind="linear"), curve)]
+    calls = []
+    real = evaluate._clean_results
+    monkeypatch.setattr(evaluate, "_clean_results", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    ends: dict = {}
+    shared = [evaluate.path_profile(a, p, data, shared_ends=ends, **kwargs)
+              for p in (paths.Path(ta, tb, kind="linear"), curve)]
+    assert len(calls) == 5 + 3 and set(ends) == {0.0, 1.0}
+    for got, expected in zip(shared, alone):
+        assert list(got.columns) == list(expected.columns)
+        assert got.equals(expected)

@@ -29,14 +29,46 @@ def test_shipped_specs_validate():
         assert spec.trials or spec.search == "optuna", path
 
 
-def test_quickstart_covers_every_factor_kind():
+def test_quickstart_covers_both_papers_without_repeating_unaligned_asymmetric_trials():
     spec = load(ROOT / "searchspaces" / "quickstart.yaml")
-    f = spec.factors
-    assert len(f["model.arch"]) >= 2 and len(f["seeds"]) >= 2
-    assert set(f["model.symmetry"]) == {"standard", "w_asym", "sigma_asym"}
-    assert set(f["align.method"]) >= {"none", "activation", "weight"}
-    assert 0 in f["train.attack.eps"] and max(f["train.attack.eps"]) > 0
+    cells = [(t.config["model"]["arch"], t.config["model"]["symmetry"], t.config["align"].get("method", "none"),
+              t.config["train"].get("attack", {}).get("eps", 0.0)) for t in spec.trials]
+    assert {c[0] for c in cells} == {"mlp", "tinyten"} and len(spec.factors["seeds"]) >= 2
+    for arch in ("mlp", "tinyten"):
+        assert {(s, a) for x, s, a, eps in cells if x == arch and eps == 0} == {
+            ("standard", "none"), ("standard", "activation"), ("standard", "weight"), ("w_asym", "none"),
+            ("sigma_asym", "none")}
+    assert {eps for *_, eps in cells} == {0.0, 0.03}
+    assert min(t.config["model"]["width"] for t in spec.trials if t.config["model"]["arch"] == "tinyten") >= 0.5
     assert spec.base["curve"]["kind"] == "bezier"
+
+
+def test_exclude_drops_exactly_the_matching_grid_points():
+    raw = copy.deepcopy(GOOD)
+    raw["factors"]["model.symmetry"] = ["standard", "w_asym"]
+    full = validate(raw)
+    raw["exclude"] = [{"model.symmetry": ["w_asym"], "align.method": ["weight"]},
+                      {"model.arch": "tinyten", "seeds": [[2, 3]], "model.symmetry": ["standard"]}]
+    kept = validate(raw)
+    gone = {t.key for t in full.trials} - {t.key for t in kept.trials}
+    expected = {t.key for t in full.trials
+                if (t.factors["model.symmetry"] == "w_asym" and t.factors["align.method"] == "weight")
+                or (t.factors["model.arch"] == "tinyten" and t.factors["seeds"] == [2, 3]
+                    and t.factors["model.symmetry"] == "standard")}
+    assert gone == expected and len(gone) == 4 + 2
+    assert {t.key for t in kept.trials} <= {t.key for t in full.trials}
+
+
+@pytest.mark.parametrize("exclude, message", [
+    ([{"model.symetry": ["w_asym"]}], r"exclude\[0\]\.model\.symetry: unknown trial setting \(did you mean 'model.symmetry'"),
+    ([{"align.method": ["wieght"]}], r"exclude\[0\]: matches no grid point \(align.method in \['wieght'\]\)"),
+    ([{"align.method": ["none", "weight"]}], r"exclude: leaves out every grid point"),
+    ({"align.method": ["none"]}, r"exclude: must be a list of non-empty mappings"),
+])
+def test_a_bad_exclude_is_refused(exclude, message):
+    raw = {**copy.deepcopy(GOOD), "exclude": exclude}
+    with pytest.raises(SpecError, match=message):
+        validate(raw)
 
 
 def test_grid_expands_and_counts_unique_endpoints():
@@ -241,3 +273,20 @@ def test_an_unreachable_ray_address_is_one_clear_error_not_an_endless_retry(tmp_
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in err and "Traceback" not in err
     assert time.monotonic() - start < 30
     assert not (tmp_path / "out" / "addr" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("extra", [{}, {"curve": {"kind": "bezier", "train": {"epochs": 1, "augment": False}},
+                                        "eval": {"points": 3, "attack": {"eps": 0.03, "steps": 1},
+                                                 "plane": {"grid": 2}}}])
+def test_reported_metrics_are_exactly_what_a_trial_reports(extra):
+    """What an Optuna metric is checked against before compute must be what the trial really logs."""
+    from study.core import config as trial_config, trial
+    from study.sweep.spec import reported_metrics
+
+    config = {"data": {"name": "digits"}, "model": {"arch": "mlp", "width": 0.0625}, "seeds": [0, 1],
+              "train": {"epochs": 1, "augment": False}, "eval": {"points": 3}, "device": "cpu"}
+    for key, value in extra.items():
+        config[key] = {**config.get(key, {}), **value}
+    logged = {k for k in trial.run(config)["metrics"] if not k.startswith("align/")}
+    expected = {k for k in reported_metrics(trial_config.parse(config)) if not k.startswith("align/")}
+    assert logged == expected

@@ -57,6 +57,23 @@ def test_end_to_end_study_logs_every_trial_once_and_trains_each_endpoint_once(ra
         assert {"profiles.csv", "profiles.png", "result.json"} <= artifacts
     endpoint_runs = _runs(tmp_path / "e2e", "endpoint")
     assert len(endpoint_runs) == 3 and all(r.data.metrics["cached"] == 0 for r in endpoint_runs)
+    # Named by their factors, distinct; trial runs top-level, endpoint runs under the study run; full configs.
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["align=none·s0-1", "align=none·s1-2", "align=weight·s0-1", "align=weight·s1-2"]
+    assert sorted(r.info.run_name for r in endpoint_runs) == ["endpoint·s0", "endpoint·s1", "endpoint·s2"]
+    study_run = _runs(tmp_path / "e2e", "study")[0]
+    assert all("mlflow.parentRunId" not in r.data.tags for r in runs)
+    assert {r.data.tags["mlflow.parentRunId"] for r in endpoint_runs} == {study_run.info.run_id}
+    assert all(r.data.params["train.epochs"] == "1" and r.data.params["eval.points"] == "3" for r in runs)
+    assert all(len(r.data.metrics) > 10 and "profile/linear/test_loss" in r.data.metrics for r in runs)
+    # Tune's own records carry the names and factors (ResultGrid, ExperimentAnalysis, trial folders).
+    from ray.tune import ExperimentAnalysis
+
+    (pairs_dir,) = (tmp_path / "e2e" / "ray_results").glob("pairs-*")
+    configs = ExperimentAnalysis(str(pairs_dir)).get_all_configs()
+    assert sorted(c["name"] for c in configs.values()) == names
+    assert {c["factors"]["align.method"] for c in configs.values()} == {"none", "weight"}
+    assert sorted(p.name for p in pairs_dir.iterdir() if p.is_dir())[0] == "pairs_0000_align=none_s0-1"
     created = _trained(tmp_path / "e2e")
     assert len(created) == 3  # seeds 0, 1, 2: the pair trials reused them
 

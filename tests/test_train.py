@@ -284,12 +284,13 @@ def test_the_seed_and_the_attack_strength_change_the_endpoint_key():
 
 
 def test_endpoint_keys_of_recipes_at_the_defaults_are_unchanged():
-    """Weight-neutral settings are pinned, not dropped, in the identity: existing endpoint stores stay valid."""
+    """Weight-neutral settings are pinned, not dropped, in the identity: endpoint stores stay valid across
+    versions until a default that changes weights changes ``IDENTITY_FORMAT`` (2: W-Asym n_fix as fractions)."""
     from study.core.config import parse
 
-    assert parse({}).endpoint_key(0) == "afc1639aa78099517bdf6d04"
+    assert parse({}).endpoint_key(0) == "0b523dd1d704d37fb9920f29"
     cfg = parse({"train": {"attack": {"eps": 0.03}}, "model": {"arch": "tinyten", "width": 0.5}})
-    assert cfg.endpoint_key(3) == "50cdfbb4dce76ea6a3706178"
+    assert cfg.endpoint_key(3) == "28f68ffb446c9778d1d073e3"
 
 
 @pytest.mark.parametrize("same", [{"eval_batch_size": 7}, {"step_milestones": (0.1, 0.2), "step_gamma": 0.9}],

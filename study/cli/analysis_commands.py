@@ -19,10 +19,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "table", help="a comparison table of one or more finished studies (md, LaTeX, CSV)",
         description="Aggregate a study's trial runs over seeds into a named table (alignment, symmetry, robust, "
-        "custom): mean ± 95% t-interval, n finished, failed and missing runs, and paired differences "
-        "(aligned − unaligned on the same seed pair). Prints it and writes <name>.md/.tex/.csv under "
-        "DIR/tables/.")
-    p.add_argument("name", metavar="NAME", help="alignment | symmetry | robust | custom")
+        "merge, custom): mean ± 95% t-interval, n finished, failed and missing runs per cell, and paired "
+        "differences (aligned − unaligned on the same seed pair). A named table is split by every swept factor "
+        "that is not its subject (nothing is pooled unless --by says so, and then it is named); cells whose "
+        "alignment was not applied (asymmetric nets) are collapsed into align.method=none. Prints it and writes "
+        "<name>.md/.tex/.csv under DIR/tables/.")
+    p.add_argument("name", metavar="NAME", help="alignment | symmetry | robust | merge | custom")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="study folder(s) (<out>/<name>, as `study run` made them)")
     p.add_argument("--format", choices=FORMATS, default="md", help="what to print (all three are written)")
     p.add_argument("--by", nargs="+", action="extend", metavar="F", default=None,
@@ -38,18 +40,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", metavar="LEVEL", default=None,
                    help="the paired baseline level (default: none / standard / the first level)")
     p.add_argument("--no-paired", action="store_true", help="leave out the paired differences")
+    p.add_argument("--keep-unapplied", action="store_true",
+                   help="keep rows whose alignment was computed but not applied (align/applied = 0), marked "
+                   "'(not applied)', instead of collapsing them into align.method=none")
+    p.add_argument("--name", dest="file_name", metavar="STEM", default=None,
+                   help="file name of the written table (default: the table's name; a custom table is named after "
+                   "its --metric/--by/--columns/--where)")
     p.add_argument("--out", default=None, help="folder for the files (default: the first DIR's tables/)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: each DIR's mlflow.db)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser(
         "plot", help="plots of a finished study (PNG and PDF), also logged to its MLflow run",
-        description="Loss and accuracy along t with a band over seeds per group; barrier vs PGD epsilon; barrier "
-        "by symmetry method (the last two when the study sweeps them). Written to DIR/plots/ and attached to the "
-        "study's parent MLflow run.")
+        description="Loss and accuracy along t (linear and curve on one axis, one panel per condition, band: "
+        "± 1 s.d. over seed pairs, clipped to the metric's range); barrier vs PGD epsilon; barrier by symmetry "
+        "method (bars with 95% CIs, one panel per metric and condition); merge vs ensemble accuracy; aligned vs "
+        "unaligned loss-surface planes (with eval.plane). PDF and PNG in DIR/plots/, attached to the study's "
+        "parent MLflow run.")
     p.add_argument("dir", metavar="DIR", help="the study folder")
     p.add_argument("--by", nargs="+", action="extend", metavar="F", default=None,
-                   help="factors that make the groups (lines/bars); default: align.method")
+                   help="factors that make the groups (colours); default: align.method. Every other swept factor "
+                   "gets its own panels")
+    p.add_argument("--where", nargs="+", action="extend", metavar="F=V", default=[],
+                   help="only runs with these factor values, e.g. model.arch=mlp train.attack.eps=0")
     p.add_argument("--out", default=None, help="folder for the images (default: DIR/plots)")
     p.add_argument("--no-log", action="store_true", help="do not attach the images to the MLflow run")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: DIR/mlflow.db)")
@@ -65,7 +78,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     runs, planned = select(data.runs, data.planned, args.where)
     paired = None if args.no_paired else (args.paired or "default")
     table = build_table(args.name, runs, planned, by=args.by, metrics=args.metric, columns=args.columns,
-                        paired=paired, baseline=args.baseline)
+                        paired=paired, baseline=args.baseline, keep_unapplied=args.keep_unapplied,
+                        file_name=args.file_name, where=args.where)
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "tables"
     try:
         written = table.write(out)
@@ -81,11 +95,14 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from analysis.load import load
     from analysis.plots import log_to_parent, plot_study
+    from analysis.tables import select
 
     data = load([args.dir], tracking_uri=args.tracking_uri)
+    if args.where:
+        data.runs, data.planned = select(data.runs, data.planned, args.where)
     out = Path(args.out) if args.out else Path(args.dir) / "plots"
     try:
-        written = plot_study(data, out, by=args.by)
+        written = plot_study(data, out, by=args.by, where=args.where)
     except OSError as error:
         raise UsageError(f"cannot write the plots to {out}: {error.strerror or error}; "
                           f"choose another folder with --out") from None

@@ -1,4 +1,5 @@
-"""``study run | resume | status | ui | validate``: one function per command, each taking the parsed arguments.
+"""``study run | resume | status | ui | validate | plan | list``: one function per command, each taking the parsed
+arguments.
 
 Heavy layers (Ray, MLflow, torch) are imported inside the command that needs them, so ``study --help`` and
 ``study validate`` answer at once.
@@ -8,25 +9,65 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
+import json
+import math
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from study.common.errors import SpecError, UsageError
 from study.common.files import atomic_write
 from study.sweep.folder import StudyFolder
-from study.sweep.spec import load, parse_yaml, preflight, validate
+from study.sweep.spec import apply_overrides, load, parse_yaml, preflight, read_text, validate
 
-def _load_spec(path: str):
+OVERRIDES_HELP = ("override spec settings, OmegaConf dotlist style: trial.train.epochs=2 (or train.epochs=2: keys "
+                  "not naming a top-level spec key are trial settings), factors.seeds=[[0,1],[2,3]], name=quick")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
     try:
-        return load(path)
+        return package_version("symstudy")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _problems(path: str, problems: list[str], overrides: list[str]) -> UsageError:
+    given = f" with {' '.join(overrides)}" if overrides else ""
+    hint = (["  (a swept setting is overridden as factors.PATH=[values])"]
+            if overrides and any("which trial." in p for p in problems) else [])
+    return UsageError("\n".join([f"{path}{given}: {len(problems)} problem(s) in the study spec:",
+                                 *(f"  - {p}" for p in problems), *hint]))
+
+
+def _load_spec(path: str, overrides: list[str] | None = None):
+    """The validated spec of file ``path``, with command-line ``overrides`` applied (:func:`_load_with_text`)."""
+    return _load_with_text(path, overrides)[0]
+
+
+def _load_with_text(path: str, overrides: list[str] | None = None):
+    """(spec, text): the spec of ``path`` with ``overrides`` and the YAML text the study folder keeps of it (the
+    file as written; with overrides, the merged spec, headed by where it came from)."""
+    overrides = list(overrides or [])
+    try:
+        if not overrides:
+            return load(path), read_text(path)
+        raw = apply_overrides(parse_yaml(read_text(path), path), overrides)
+        spec = validate(raw, source=path)
     except SpecError as error:
-        raise UsageError("\n".join([f"{path}: {len(error.problems)} problem(s) in the study spec:",
-                                    *(f"  - {p}" for p in error.problems)])) from None
+        raise _problems(path, error.problems, overrides) from None
+    text = (f"# {path} with overrides: {' '.join(overrides)}\n"
+            + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return spec, text
 
 
 def _study_dir(path: str) -> Path:
@@ -46,12 +87,128 @@ def _check_writable(directory: Path) -> None:
         raise UsageError(f"{directory}: cannot write there (no permission on {probe})")
 
 
+def _resources_text(spec) -> str:
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
+    text = f"{cpu:g} CPU" + ("s" if cpu != 1 else "")
+    return text + (f", {gpu:g} GPU" if gpu else "")
+
+
+def _counts(spec) -> tuple[int, int | None]:
+    """(pair trials, unique endpoints or None for a search that picks them as it goes)."""
+    if spec.search == "grid":
+        return len(spec.trials), len(spec.endpoints())
+    return spec.optuna.samples * len(spec.optuna.repeat_seeds), None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.spec)
-    endpoints = len(spec.endpoints()) if spec.search == "grid" else "on-demand"
-    trials = len(spec.trials) if spec.search == "grid" else f"{spec.optuna.samples} x {len(spec.optuna.repeat_seeds)}"
+    spec = _load_spec(args.spec, getattr(args, "overrides", None))
+    trials, endpoints = _counts(spec)
     print(f"{args.spec}: ok — study {spec.name!r}, search {spec.search}, {trials} pair trials, "
-          f"{endpoints} unique endpoints, resources per trial {spec.resources}")
+          f"{endpoints if endpoints is not None else 'on-demand'} unique endpoints, "
+          f"{_resources_text(spec)} per trial")
+    return 0
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+    return sum(finite) / len(finite) if finite else None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """What `study run` would do, from the spec and the study folder alone: no Ray, no MLflow."""
+    from study.sweep.naming import trial_names
+
+    spec = _load_spec(args.spec, args.overrides)
+    study_dir = Path(args.out) / spec.name
+    folder = StudyFolder(study_dir)
+    trials, endpoints = _counts(spec)
+    records = list(folder.finished_results()) if study_dir.is_dir() else []
+    finished = {r["trial_key"] for r in records}
+    store = folder.store()
+    stored = set(store.keys()) if (study_dir / "endpoints").is_dir() else set()
+    print(f"study {spec.name!r} ({spec.search}) -> {study_dir}")
+    if spec.description:
+        print(f"  {' '.join(spec.description.split())}")
+    if spec.search == "grid":
+        planned = {t.key for t in spec.trials}
+        done, wanted = len(planned & finished), set(spec.endpoints())
+        have = len(wanted & stored)
+        todo_trials, todo_endpoints = trials - done, len(wanted) - have
+        print(f"  factors: " + ", ".join(f"{k} ({len(v)})" for k, v in spec.factors.items()))
+        print(f"  pair trials: {trials}, {done} finished, {todo_trials} to run")
+        print(f"  unique endpoints: {endpoints}, {have} in the store, {todo_endpoints} to train")
+        names = trial_names(spec.trials)
+        pending = [names[t.key] for t in spec.trials if t.key not in finished]
+        for name in pending[:5]:
+            print(f"    to run: {name}")
+        if len(pending) > 5:
+            print(f"    ... and {len(pending) - 5} more")
+    else:
+        done = len(finished)
+        todo_trials, todo_endpoints = max(0, trials - done), None
+        print(f"  pair trials: {trials} ({spec.optuna.samples} samples x {len(spec.optuna.repeat_seeds)} seed "
+              f"pairs), {done} finished; endpoints are trained as the search picks them")
+    print(f"  resources per trial: {_resources_text(spec)}")
+    trial_s = _mean([sum(v for k, v in r["metrics"].items() if k.startswith("time/") and isinstance(v, (int, float)))
+                     for r in records])
+    endpoint_s = _mean([float(store.get(k).metadata.get("seconds", float("nan"))) for k in list(stored)[:200]
+                        if store.get(k) is not None])
+    at_once = args.max_concurrent or spec.execution.max_concurrent or max(1, int((os.cpu_count() or 1)
+                                                                                 // max(spec.resources.cpu, 1e-9)))
+    if not todo_trials and not todo_endpoints:
+        print("  nothing to run: every planned trial has finished")
+    elif trial_s is None:
+        print("  time: no stored timings yet (an estimate needs finished trials in the study folder)")
+    else:
+        total = todo_trials * trial_s + (todo_endpoints or 0) * (endpoint_s if endpoint_s is not None else 0.0)
+        print(f"  time: about {_duration(total / at_once)} at {at_once} trial(s) at once (mean {trial_s:.0f} s per "
+              f"pair trial from {len(records)} finished"
+              + (f", {endpoint_s:.0f} s per endpoint from {len(stored)} stored" if endpoint_s is not None else "")
+              + "; Ray start-up and scheduling not included)")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The study folders under ``root``: trials done/failed/total from the folder and (read-only) MLflow."""
+    from study.store.lock import HeartbeatLock
+    from study.tracking.health import run_statuses
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder (study folders live under the --out of `study run`, ./studies)")
+    rows = []
+    for spec_path in sorted(root.glob("*/spec.yaml")):
+        directory = spec_path.parent
+        folder = StudyFolder(directory)
+        try:
+            spec = load(spec_path)
+            total, _ = _counts(spec)
+            planned = {t.key for t in spec.trials} if spec.search == "grid" else None
+        except SpecError:
+            spec, total, planned = None, None, None
+        finished = folder.finished_keys()
+        done = len(finished & planned) if planned is not None else len(finished)
+        statuses = run_statuses(folder.mlflow_db, spec.name, "trial") if spec is not None else None
+        failed = statuses.get("FAILED", 0) if statuses is not None else None
+        lock = HeartbeatLock(folder.lock_path).read()
+        state = "running" if lock is not None and HeartbeatLock(folder.lock_path).stale_reason(lock) is None else (
+            "done" if total is not None and done >= total else "")
+        rows.append((directory.name, f"{done}/{total if total is not None else '?'}",
+                     "?" if failed is None else str(failed), state or ("invalid spec" if spec is None else "partial"),
+                     str(directory)))
+    if not rows:
+        print(f"{root}: no studies (no */spec.yaml)")
+        return 0
+    header = ("study", "done/total", "failed", "state", "folder")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 
@@ -64,20 +221,28 @@ def _preflight(spec, args: argparse.Namespace) -> None:
 
 def _run(spec, study_dir: Path, args: argparse.Namespace) -> int:
     from study.sweep.driver import run_study
+    from study.tracking import schema
 
     outcome = run_study(spec, study_dir, address=args.address, tracking_uri=args.tracking_uri,
                         max_concurrent=args.max_concurrent, show_progress=not args.quiet,
-                        rebuild_tracking=getattr(args, "rebuild_tracking", False))
+                        rebuild_tracking=getattr(args, "rebuild_tracking", False),
+                        source=" ".join(["study", *sys.argv[1:]]) if sys.argv[1:] else None)
     table = outcome.results
     if len(table):
         import pandas as pd
 
+        shown = table.drop(columns=[c for c in ("error", "run", "run_id") if c in table])
         with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 40):
-            print(table.drop(columns=["error"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         for _, row in table[table["status"] == "FAILED"].iterrows():
-            print(f"FAILED: {row['error']}")
+            print(f"FAILED {row.get('run') or '?'} (MLflow run {str(row.get('run_id', ''))[:12]}): {row['error']}")
     print(f"\nstudy folder: {outcome.study_dir}")
-    print(f"browse: study ui {outcome.study_dir}")
+    uri = outcome.tracking_uri or ""
+    if outcome.experiment_id is not None and uri.startswith(("http://", "https://")):
+        print(f"browse: {schema.runs_url(uri, outcome.experiment_id)}")
+    else:
+        link = f"  (then {schema.runs_url(UI_BASE, outcome.experiment_id)})" if outcome.experiment_id else ""
+        print(f"browse: study ui {outcome.study_dir}{link}")
     if outcome.interrupted:
         print(f"interrupted; continue with: study resume {outcome.study_dir}")
         return 128 + int(outcome.signal or signal.SIGINT)  # 130 after SIGINT, 143 after SIGTERM
@@ -128,12 +293,11 @@ def _adopt_spec(folder_spec: Path, applied: Path, new_text: str, new, given: str
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = _load_spec(args.spec)
+    spec, text = _load_with_text(args.spec, args.overrides)
     _preflight(spec, args)
     study_dir = Path(args.out) / spec.name
     _check_writable(study_dir)
     folder = StudyFolder(study_dir)
-    text = _read_text(Path(args.spec))
     applied = folder.applied_spec_path if folder.applied_spec_path.is_file() else folder.spec_path
     _adopt_spec(folder.spec_path, applied, text, spec, args.spec, args.extend, "run SPEC.yaml")
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -150,13 +314,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 str(folder.spec_path), args.extend, "resume DIR")
     _preflight(spec, args)
     return _run(spec, study_dir, args)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a UTF-8 text file") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -206,25 +363,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     if unlogged:
         print(f"  {len(unlogged)} finished trial(s) not yet FINISHED in MLflow (`study resume` logs them)")
     for _, row in table[table["status"] == schema.FAILED].iterrows():
-        factors = ", ".join(f"{k}={row[k]}" for k in table.columns if k not in ("status", "error") and
+        factors = ", ".join(f"{k}={row[k]}" for k in table.columns if k not in schema.RESULT_META and
                             isinstance(row[k], str))
-        print(f"  FAILED ({factors}): {row['error']}")
+        print(f"  FAILED {row['run']} ({factors}): {row['error']}")
     return 0
 
 
+UI_BASE = "http://127.0.0.1:5000"  # `study ui`'s default address
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"cannot resolve {host!r} ({error.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like the server: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another `study ui`/`mlflow ui`?); pick another " \
+                       f"with --port"
+            return f"cannot listen on {host}:{port} ({error.strerror})"
+    return None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the study's MLflow store: this process becomes the MLflow server (exec), so Ctrl-C and SIGTERM
+    reach the server itself and nothing is left running."""
+    from study.tracking.health import experiment_id
+    from study.tracking.schema import runs_url
+
     study_dir = _study_dir(args.dir)
     db = (study_dir / "mlflow.db").resolve()
     if not db.exists():
         raise UsageError(f"{study_dir}: no mlflow.db yet (has the study run?)")
-    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    problem = _port_taken(args.host, args.port)
+    if problem is not None:
+        raise UsageError(problem)
+    beside = Path(sys.executable).with_name("mlflow")  # this environment's MLflow, not another one on PATH
+    mlflow = str(beside) if beside.is_file() else (shutil.which("mlflow") or str(beside))
     command = [mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", args.host, "--port",
                str(args.port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI for {study_dir} at http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("warning: listening beyond this machine; anyone who can reach it can read the study", flush=True)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    base = f"http://{host}:{args.port}"
     try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+        name = load(study_dir / "spec.yaml").name
+    except SpecError:
+        name = study_dir.name
+    ident = experiment_id(db, name)
+    print(f"MLflow UI for {study_dir} at {base}  (Ctrl-C to stop)")
+    if ident is not None:
+        print(f"trial runs: {runs_url(base, ident)}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: listening beyond this machine; anyone who can reach it can read the study")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)  # never returns

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from study.cli import analysis_commands, commands
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="study", description="Ablation studies of parameter symmetries and "
                                      "mode connectivity (Ray Tune + MLflow).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    parser.add_argument("--version", action="version", version=f"study (symstudy) {commands.version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def execution_flags(p: argparse.ArgumentParser) -> None:
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a study spec (YAML)", description="Run a study: every unique endpoint "
                        "once, then the pair trials; results go to OUT/<name>.")
     p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=commands.OVERRIDES_HELP)
     p.add_argument("--out", default="studies", help="parent folder of the study folder (default: ./studies)")
     execution_flags(p)
     p.set_defaults(func=commands.cmd_run)
@@ -86,14 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a study spec without running anything")
     p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=commands.OVERRIDES_HELP)
     p.set_defaults(func=commands.cmd_validate)
+
+    p = sub.add_parser("plan", help="what `study run` would do: trials, endpoints, what is done, a time estimate",
+                       description="Trials and unique endpoints of a spec, how many are already in its study "
+                       "folder, and an estimate of the time left from the folder's stored timings. Starts nothing.")
+    p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=commands.OVERRIDES_HELP)
+    p.add_argument("--out", default="studies", help="parent folder of the study folder (default: ./studies)")
+    p.add_argument("--max-concurrent", type=_int_in(1, MAX_CONCURRENT, "max-concurrent"), default=None,
+                   help="trials at once for the estimate (default: the spec's, else this machine's CPUs)")
+    p.set_defaults(func=commands.cmd_plan)
+
+    p = sub.add_parser("list", help="the studies under a folder, with trials done/failed/total")
+    p.add_argument("root", nargs="?", default="studies", help="folder holding study folders (default: ./studies)")
+    p.set_defaults(func=commands.cmd_list)
     analysis_commands.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides given after options (`study run SPEC --quiet train.epochs=2`)
+        if getattr(args, "overrides", None) is None or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: "
                         "%(message)s")
     if not args.verbose:
@@ -104,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `study plan SPEC | head`: the reader has gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except OSError as error:  # a read-only folder, a full disk: the environment's fault, reported in one line
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; fix it, then `study resume` continues where this "

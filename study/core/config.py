@@ -26,6 +26,10 @@ from study.common.validation import (check_bool, check_choice, check_mapping, ch
                                      reject_unknown_keys, unknown_choice)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Version of what a config's defaults build, hashed into every endpoint and trial key: raised when a default
+#: changes the trained weights or the results (2: W-Asym n_fix as a fraction of fan-in), so an older store or
+#: study folder is never served results its config no longer describes.
+IDENTITY_FORMAT = 2
 
 # Upper limits: values no machine could run, so above one it is a typo (1e9 for 1e3), refused before any compute.
 #: ``model.width`` multiplies every layer's channels (parameters grow with its square). At 64 the default MLP
@@ -36,6 +40,7 @@ MAX_WIDTH = 64
 MAX_BENDS = 64  # bends of a curve (Garipov et al. use 3; each bend is a full copy of the network's weights)
 MAX_EVAL_POINTS = 10_000  # points of an evaluation grid along a path (each is a BN recalibration + 3 splits)
 MAX_BATCH_SIZE = 2**20
+MAX_PLANE_GRID = 101  # points per axis of eval.plane (each is a BN recalibration + 2 splits; 101² ≈ 10^4)
 MAX_SAMPLES = 10**8  # samples of a data set, an alignment batch or an evaluation subset
 #: Architecture options with integer values, and their limits: more than 64 layers or 65,536 units per layer
 #: (before ``width``) is not a network any trial here could train.
@@ -198,7 +203,7 @@ def _check_align_options(method: str, options: Mapping[str, Any]) -> None:
             low = 0 if (method, key) in (("pam", "perm_steps"), ("pam", "samples")) else 1
             check_number(where, value, integer=True, low=low, high=MAX_SAMPLES)
         elif isinstance(default, float):
-            check_number(where, value, low=0, low_open=(method, key) == ("pam", "perm_lr"))
+            check_number(where, value, low=0, low_open=(method, key) in (("pam", "perm_lr"), ("ste", "lr")))
         elif (method, key) in choices:
             check_choice(where, value, choices[method, key])
         elif isinstance(default, str):
@@ -229,6 +234,18 @@ class CurveConfig:
 
 
 @dataclass(frozen=True)
+class PlaneConfig:
+    """``eval.plane``: a ``grid`` × ``grid`` evaluation over [−margin, 1 + margin]² of the plane's coordinates."""
+
+    grid: int = 11
+    margin: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_number("grid", self.grid, integer=True, low=2, high=MAX_PLANE_GRID)
+        check_number("margin", self.margin, low=0, high=10)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     points: int = 25
     attack: AttackConfig | None = None
@@ -236,10 +253,34 @@ class EvalConfig:
     batch_size: int = EVAL_BATCH_SIZE
     max_samples: int | None = None
     bf16: bool = True  # autocast evaluation forward passes on CUDA (ignored on CPU)
+    #: The loss-surface plane through θ_A, the curve's middle bend and θ_B (study.core.plane); None: off.
+    #: Needs a curve (checked in :func:`parse`).
+    plane: PlaneConfig | None = None
+    #: Ensemble (averaged softmax of the endpoints) and merge (θ(½) of every path) metrics (study.core.merging).
+    merge: bool = True
+    #: Endpoint quality: an endpoint whose test accuracy is below this fraction in [0, 1] is under-trained
+    #: (metric ``endpoints/under_trained``), so a low barrier between bad models is not read as connectivity.
+    #: None: halfway from chance to perfect, 1/K + (1 − 1/K)/2 for K classes (0.55 for 10); 0 flags nothing.
+    min_endpoint_acc: float | None = None
+    #: REPAIR (study.core.repair) at every evaluated point of every path: each hidden unit's pre-activation
+    #: mean and std reset to the interpolation of the endpoints'. Off: the profiles of the plain interpolation.
+    repair: bool = False
+
+    def endpoint_acc_threshold(self, num_classes: int) -> float:
+        """The test accuracy below which an endpoint counts as under-trained, for ``num_classes`` classes."""
+        if self.min_endpoint_acc is not None:
+            return float(self.min_endpoint_acc)
+        chance = 1.0 / num_classes
+        return chance + 0.5 * (1.0 - chance)
 
     def __post_init__(self) -> None:
+        if self.min_endpoint_acc is not None:
+            check_number("min_endpoint_acc", self.min_endpoint_acc, low=0, high=1)
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        if not isinstance(self.merge, bool):
+            raise ValueError(f"merge must be true or false, got {self.merge!r}")
+        check_bool("repair", self.repair)
         check_number("batch_size", self.batch_size, integer=True, low=1, high=MAX_BATCH_SIZE)
         if isinstance(self.points, bool) or not isinstance(self.points, int) or not 3 <= self.points <= MAX_EVAL_POINTS:
             raise ValueError(f"points must be an integer >= 3 (the grid includes t=0, t=1 and a middle) and "
@@ -270,7 +311,7 @@ class TrialConfig:
 
     def endpoint_description(self, seed: int) -> dict[str, Any]:
         """Everything that determines one trained endpoint (hashed into its store key)."""
-        return {"format": 1, "data": self.data.identity(), "model": asdict(self.model),
+        return {"format": IDENTITY_FORMAT, "data": self.data.identity(), "model": asdict(self.model),
                 "train": self.train.identity(), "seed": int(seed)}
 
     def endpoint_key(self, seed: int) -> str:
@@ -283,11 +324,14 @@ class TrialConfig:
         The recipes enter through :meth:`Recipe.identity` (settings that cannot change trained weights are
         pinned), and ``runtime`` (how the device is used) is left out, so a study resumed with another runtime
         setting or validation batch size continues instead of starting every trial again."""
-        out = self.to_dict()
+        out = {"format": IDENTITY_FORMAT, **self.to_dict()}
         out.pop("runtime")
         out["train"] = self.train.identity()
         if self.curve is not None:
             out["curve"]["train"] = self.curve.train.identity()
+        for name, default in (("plane", None), ("merge", True), ("min_endpoint_acc", None)):  # a default keeps older keys
+            if out["eval"].get(name, default) == default:
+                out["eval"].pop(name, None)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +376,11 @@ def parse(config: Mapping[str, Any], path: str = "trial") -> TrialConfig:
     if not isinstance(device, str) or (device not in DEVICES and re.fullmatch(r"cuda:[0-9]{1,3}", device) is None):
         raise ConfigError(f"{path}.device: unknown device {device!r}; allowed: {', '.join(DEVICES)}, cuda:N")
     curve = config.get("curve")
+    plane = config.get("eval").get("plane") if isinstance(config.get("eval"), Mapping) else None
+    if plane is not None and curve is None:
+        raise ConfigError(f"{path}.eval.plane: the plane runs through θ_A, the curve's middle bend and θ_B, so it "
+                          f"needs a curve; add a `curve:` section (e.g. {{kind: bezier, bends: 3}}) or set "
+                          f"eval.plane to null")
     return TrialConfig(
         data=_section(f"{path}.data", DataConfig, config.get("data")),
         model=_section(f"{path}.model", ModelConfig, config.get("model")),
@@ -340,7 +389,8 @@ def parse(config: Mapping[str, Any], path: str = "trial") -> TrialConfig:
         align=_section(f"{path}.align", AlignConfig, config.get("align")),
         curve=None if curve is None else _section(f"{path}.curve", CurveConfig, curve, {"train": recipe}),
         eval=_section(f"{path}.eval", EvalConfig, config.get("eval"),
-                      {"attack": _attack, "robust_splits": lambda p, v: tuple(v) if isinstance(v, list) else v}),
+                      {"attack": _attack, "robust_splits": lambda p, v: tuple(v) if isinstance(v, list) else v,
+                       "plane": lambda p, v: None if v is None else _section(p, PlaneConfig, v)}),
         device=str(device),
         runtime=_section(f"{path}.runtime", Runtime, config.get("runtime")),
     )

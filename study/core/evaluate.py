@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study.core import bn
+from study.core.repair import Repair, Statistics, interpolate
 from study.core.runtime import mixed_precision
 from study.core.attacks import AttackConfig, pgd
 from study.core.data import Dataset
 from study.core.ensemble import StackedModel
 from study.core.paths import Path
+from study.common.seeding import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,9 @@ def path_profile(
     seed: int = 0,
     parallel_points: int = 1,
     bf16: bool = False,
+    repair: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    shared_ends: dict[float, dict[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Loss and accuracy at ``points`` uniformly spaced t along ``path``, one row per t.
 
@@ -116,26 +120,45 @@ def path_profile(
     launches (the GPU default; one point at a time is faster on a CPU). A chunk that runs out of memory is
     retried with half as many points. Robust evaluation still attacks one point at a time. ``bf16`` autocasts
     the forward passes on CUDA (ignored elsewhere).
+
+    ``repair`` applies REPAIR (:mod:`study.core.repair`) at every point after the BN policy: each spec'd
+    nonlinearity's input gets the interpolation of the endpoints' (t = 0 and t = 1 of ``path``) per-channel mean
+    and standard deviation, measured on the same clean training batches. Its corrections are hooks on one
+    module, which the vmapped evaluator does not carry, so with ``repair`` the points run one at a time whatever
+    ``parallel_points`` says.
+
+    ``shared_ends``: the rows of t = 0 and t = 1 when another path between the same two endpoints has them
+    (every path of a trial starts at θ_A and ends at θ_B, bit for bit), so they are evaluated once per trial, not
+    once per path; an empty dict is filled. Robust evaluation draws each point's attack starts from its own
+    generator (seeded by ``seed`` and the point's index), so a skipped point changes no other point's numbers.
     """
     if points < 3:
         raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
     if not isinstance(parallel_points, int) or parallel_points < 1:
         raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
     model = copy.deepcopy(model).to(data.device)
-    generator = torch.Generator(device=data.device).manual_seed(int(seed))
+    if repair and parallel_points > 1:
+        log.info("repair: evaluating path points one at a time (parallel_points=%d ignored)", parallel_points)
+        parallel_points = 1
+    corrector = None
+    if repair:
+        with mixed_precision(data.device, bf16):  # the endpoints' statistics with the same kernels as the points'
+            corrector = _repair_endpoints(model, path, data, batch_size)
     attacking = attack is not None and not attack.disabled
     splits = list(dict.fromkeys([*splits, *(robust_splits if attacking else ())]))
     ts = torch.linspace(0.0, 1.0, points).tolist()
-    rows: list[dict[str, float]] = []
-    previous = None
+    ends = {} if shared_ends is None else shared_ends
+    todo = [i for i, t in enumerate(ts) if t not in ends]
+    rows: dict[int, dict[str, float]] = {i: {"t": t, **ends[t]} for i, t in enumerate(ts) if t in ends}
     first = 0
-    while first < points:
-        chunk = ts[first:first + parallel_points]
+    while first < len(todo):
+        chunk = todo[first:first + parallel_points]
         with torch.no_grad():
-            weights = [{k: v.detach() for k, v in path.weights(t).items()} for t in chunk]
+            weights = [{k: v.detach() for k, v in path.weights(ts[i]).items()} for i in chunk]
         with mixed_precision(data.device, bf16):
             try:
-                clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples)
+                clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples,
+                                             None if corrector is None else (corrector[0], corrector[1](ts[chunk[0]])))
             except torch.cuda.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
@@ -146,37 +169,72 @@ def path_profile(
                 if data.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            for i, t in enumerate(chunk):
-                row: dict[str, float] = {"t": t}
+            for j, i in enumerate(chunk):
+                row: dict[str, float] = {"t": ts[i]}
                 for split in splits:
-                    row[f"{split}_loss"], row[f"{split}_acc"] = clean[split][i]["loss"], clean[split][i]["acc"]
-                for split in robust_splits if attacking else ():
-                    result = evaluate(nets(i), data, split, batch_size=batch_size, attack=attack,
-                                      generator=generator, max_samples=max_samples)
-                    row[f"robust_{split}_loss"], row[f"robust_{split}_acc"] = result["loss"], result["acc"]
-                row["segment_length"] = 0.0 if previous is None else math.sqrt(
-                    sum(float((weights[i][k] - previous[k]).double().pow(2).sum()) for k in weights[i]))
-                previous = weights[i]
-                rows.append(row)
+                    row[f"{split}_loss"], row[f"{split}_acc"] = clean[split][j]["loss"], clean[split][j]["acc"]
+                if attacking:
+                    generator = torch.Generator(device=data.device).manual_seed(stable_seed("robust-eval", seed, i))
+                    for split in robust_splits:
+                        result = evaluate(nets(j), data, split, batch_size=batch_size, attack=attack,
+                                          generator=generator, max_samples=max_samples)
+                        row[f"robust_{split}_loss"], row[f"robust_{split}_acc"] = result["loss"], result["acc"]
+                rows[i] = row
+                if ts[i] in (0.0, 1.0):
+                    ends[ts[i]] = {k: v for k, v in row.items() if k != "t"}
                 if progress is not None:
                     progress(len(rows), points)
         first += len(chunk)
-    return pd.DataFrame(rows)
+    lengths = _segment_lengths(path, ts)
+    return pd.DataFrame([{**rows[i], "segment_length": lengths[i]} for i in range(points)])
+
+
+def _segment_lengths(path: Path, ts: Sequence[float]) -> list[float]:
+    """‖θ(t_i) − θ(t_{i−1})‖ for each grid point (0 for the first), one point's weights in memory at a time."""
+    lengths, previous = [], None
+    with torch.no_grad():
+        for t in ts:
+            weights = {k: v.detach() for k, v in path.weights(t).items()}
+            lengths.append(0.0 if previous is None else math.sqrt(
+                sum(float((weights[k] - previous[k]).double().pow(2).sum()) for k in weights)))
+            previous = weights
+    return lengths
+
+
+def _repair_endpoints(model: nn.Module, path: Path, data: Dataset, batch_size: int
+                      ) -> tuple[Repair, Callable[[float], dict[str, Statistics]]]:
+    """REPAIR's hooks on ``model`` and the targets at each t: the interpolated statistics of the path's two
+    endpoints, each measured on clean training data after the BN policy (as the profile evaluates them)."""
+    corrector = Repair(model)
+    ends = []
+    for t in (0.0, 1.0):
+        with torch.no_grad():
+            load_weights(model, {k: v.detach() for k, v in path.weights(t).items()})
+        bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        ends.append(corrector.measure(clean_batches(data, "train", batch_size)))
+    return corrector, lambda t: interpolate(ends[0], ends[1], t)
 
 
 def _clean_results(
     model: nn.Module, weights: list[dict[str, Tensor]], data: Dataset, splits: Sequence[str], batch_size: int,
-    max_samples: int | None,
+    max_samples: int | None, repair: tuple[Repair, dict[str, Statistics]] | None = None,
 ) -> tuple[dict[str, list[dict]], Callable[[int], nn.Module]]:
     """Recalibrate BN at each weight vector and evaluate every split clean: ``{split: [result per vector]}``,
     and a function giving vector i's recalibrated network (for attacks). One vector runs as a plain module
-    (bit-identical to the original one-point-at-a-time code), several as a :class:`StackedModel`."""
+    (bit-identical to the original one-point-at-a-time code), several as a :class:`StackedModel`. ``repair``
+    (one vector only): the model's REPAIR hooks and this point's targets, fitted after the BN policy."""
     if len(weights) == 1:
         load_weights(model, weights[0])
+        if repair is not None:
+            repair[0].clear()  # the BN policy sees the point's own activations
         bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        if repair is not None:
+            repair[0].fit(repair[1], lambda: clean_batches(data, "train", batch_size))
         clean = {split: [evaluate(model, data, split, batch_size=batch_size, max_samples=max_samples)]
                  for split in splits}
         return clean, lambda i: model
+    if repair is not None:
+        raise ValueError("REPAIR evaluates one path point at a time")
     stacked = StackedModel(model, weights)
     stacked.recalibrate(clean_batches(data, "train", batch_size))
     clean = {split: stacked.evaluate(data, split, batch_size=batch_size, max_samples=max_samples)

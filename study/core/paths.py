@@ -9,8 +9,10 @@ architecture needs a second "curve" version of itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -98,12 +100,35 @@ def _safe(name: str) -> str:
     return name.replace(".", "__")
 
 
+R = TypeVar("R")
+
+#: Optimizers whose curve fitting uses Garipov et al.'s coupled (wd/2)‖θ(t)‖² term; every other one (AdamW)
+#: decays the trainable bends decoupled, with its own ``weight_decay``.
+COUPLED_L2_OPTIMIZERS = ("sgd",)
+
+
+def curve_weight_decay(recipe: R) -> tuple[R, float | None]:
+    """How weight decay acts when a curve is fitted with ``recipe`` (a :class:`study.core.train.Recipe`).
+
+    Returns ``(recipe for the optimizer, l2)``: the recipe's optimizer decides, as for endpoints.
+    - SGD: Garipov et al.'s loss term (l2/2)‖θ(t)‖² on the sampled point (``l2`` = the recipe's weight decay,
+      :meth:`CurveModel.l2_penalty`) and the optimizer's own weight decay 0;
+    - AdamW: no loss term (``l2`` is ``None``; an L2 term inside Adam would be coupled, scaled by Adam's
+      per-coordinate step sizes), the recipe unchanged, so AdamW decays the trainable bends decoupled.
+    """
+    rec: Any = recipe
+    if rec.optimizer in COUPLED_L2_OPTIMIZERS:
+        return dataclasses.replace(rec, weight_decay=0.0), float(rec.weight_decay)
+    return recipe, None
+
+
 class CurveModel(nn.Module):
     """The network evaluated at θ(t) of a path, for curve fitting with the ordinary training loop.
 
     One t ~ U(0, 1) is drawn per minibatch by :meth:`resample` (called by the training loop before each
     step), so an adversarial attack on the batch attacks the same θ(t) it trains. :meth:`l2_penalty` is the
-    (wd/2)‖θ(t)‖² term of Garipov et al. (the optimiser's own weight decay must then be 0).
+    (wd/2)‖θ(t)‖² term of Garipov et al. (the optimiser's own weight decay must then be 0); which of the two
+    weight decays a fit uses is :func:`curve_weight_decay`'s decision.
     """
 
     def __init__(self, base: nn.Module, path: Path, *, weight_decay: float, seed: int):

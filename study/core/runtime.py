@@ -16,9 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.common.validation import check_bool, check_number
+from study.common.validation import check_bool, check_choice, check_number
 
 AUTO = "auto"
+#: ``default``: every CPU default reproduces the plain fp32 computation bit for bit. ``fast``: also what measured
+#: faster on CPU but changes results in the last bits (channels_last for conv nets, 1.11-1.25x in endpoint training;
+#: torch.compile where the training is long enough to earn its compile time back). bench/RESULTS.md has both.
+PROFILES = ("default", "fast")
+#: Training images (epochs x train split) from which ``torch.compile`` pays for a conv net on CPU under the fast
+#: profile: a cold inductor cache costs 29-37 s per architecture, earned back after ~3 epochs of 50k images
+#: (TinyTen 1.21x, ResNet-20 1.35x per epoch once compiled; bench/RESULTS.md, 2026-11-23).
+COMPILE_BREAK_EVEN_IMAGES = 150_000
 
 
 def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -46,22 +54,32 @@ class Runtime:
     - ``channels_last``: NHWC memory format for conv nets, which bf16 tensor-core convolutions want.
       ``auto``: on for conv nets on CUDA, off on CPU.
     - ``compile``: ``torch.compile`` the model for endpoint training and curve fitting (evaluation is not
-      compiled: its stacked network is rebuilt per path, so each path would compile again). Off by default:
-      with a cold inductor cache it costs 30-40 s per architecture (later trials on the node hit the cache,
-      ~1.5 s), which short trials do not earn back; and under PGD training, rounding differences flip signs
-      of the attack's gradient, so a compiled run diverges from an eager one like two GPUs' runs would.
+      compiled: its stacked network is rebuilt per path, so each path would compile again). ``auto``: off in
+      the default profile: with a cold inductor cache it costs 30-40 s per architecture (later trials on the
+      node hit the cache, ~1.5 s), which short trials do not earn back; and under PGD training, rounding
+      differences flip signs of the attack's gradient, so a compiled run diverges from an eager one like two
+      GPUs' runs would. The fast profile compiles conv nets whose training reaches
+      :data:`COMPILE_BREAK_EVEN_IMAGES`.
+    - ``profile``: ``default`` or ``fast`` (:data:`PROFILES`): which ``auto`` values apply. Explicit settings win.
     """
 
     parallel_points: int | str = AUTO
     channels_last: bool | str = AUTO
-    compile: bool = False
+    compile: bool | str = AUTO
+    profile: str = "default"
 
     def __post_init__(self) -> None:
         if self.parallel_points != AUTO:
             _auto_or("parallel_points", lambda w, v: check_number(w, v, integer=True, low=1), self.parallel_points)
         if self.channels_last != AUTO:
             _auto_or("channels_last", check_bool, self.channels_last)
-        check_bool("runtime.compile", self.compile)
+        if self.compile != AUTO:
+            _auto_or("compile", check_bool, self.compile)
+        check_choice("runtime.profile", self.profile, PROFILES)
+
+    @property
+    def fast(self) -> bool:
+        return self.profile == "fast"
 
     def points_together(self, device: torch.device, points: int) -> int:
         if self.parallel_points == AUTO:
@@ -70,17 +88,24 @@ class Runtime:
 
     def use_channels_last(self, device: torch.device, model: nn.Module) -> bool:
         if self.channels_last == AUTO:
-            return device.type == "cuda" and has_convolutions(model)
+            return (device.type == "cuda" or self.fast) and has_convolutions(model)
         return bool(self.channels_last) and has_convolutions(model)
 
-    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def use_compile(self, model: nn.Module, images: int | None) -> bool:
+        """Whether to compile ``model`` for a training run of ``images`` images (None: unknown)."""
+        if self.compile != AUTO:
+            return bool(self.compile)
+        return self.fast and has_convolutions(model) and images is not None and images >= COMPILE_BREAK_EVEN_IMAGES
+
+    def prepare(self, model: nn.Module, device: torch.device, images: int | None = None) -> nn.Module:
         """Move ``model`` to ``device`` in the chosen memory format (in place) and return what to call for
         its forward passes: ``model`` itself, or a compiled wrapper sharing its parameters. ``model`` stays
-        uncompiled, so its state dict, hooks (activation alignment) and checkpoints are unaffected."""
+        uncompiled, so its state dict, hooks (activation alignment) and checkpoints are unaffected. ``images``:
+        how many training images the forward passes will see (the compile break-even of the fast profile)."""
         model.to(device)
         if self.use_channels_last(device, model):
             model.to(memory_format=torch.channels_last)
-        return torch.compile(model) if self.compile else model
+        return torch.compile(model) if self.use_compile(model, images) else model
 
 
 def has_convolutions(model: nn.Module) -> bool:

@@ -226,8 +226,8 @@ def train(
     """
     device = torch.device(device) if device is not None else data.device
     data = data.to(device)
-    net = (runtime or Runtime()).prepare(model, device)  # what forward passes call: model, or compiled model
     n = data.size("train")
+    net = (runtime or Runtime()).prepare(model, device, images=n * recipe.epochs)  # model, or a compiled model
     if n == 0:
         raise ValueError(f"data set {data.name!r} has an empty train split")
     params = [p for p in (model.parameters() if parameters is None else parameters) if p.requires_grad]

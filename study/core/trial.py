@@ -13,18 +13,18 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, Protocol
 
 import pandas as pd
 import torch
 from torch import nn
 
-from study.core import align, bn, data as datasets, metrics, models
+from study.core import align, bn, data as datasets, merging, metrics, models, plane
 from study.core import permutation as P
+from study.core import repair
 from study.core.config import TrialConfig, parse
 from study.core.evaluate import evaluate, path_profile
-from study.core.paths import CurveModel, Path, trainable_state
+from study.core.paths import CurveModel, Path, curve_weight_decay, trainable_state
 from study.common.seeding import stable_seed
 from study.core.train import train
 
@@ -117,6 +117,16 @@ def endpoint(cfg: TrialConfig, data: datasets.Dataset, seed: int, device: torch.
     return model.to(device).eval(), {**stored.metadata, "cached": not created, "key": key}
 
 
+def endpoint_quality(acc_a: float, acc_b: float, threshold: float) -> dict[str, float]:
+    """Endpoint quality, part of every result: ``endpoints/min_test_acc`` (the worse endpoint's test accuracy),
+    ``endpoints/acc_threshold`` (``eval.min_endpoint_acc``, or its chance-relative default) and
+    ``endpoints/under_trained`` (1 if an endpoint is below it, else 0): a low barrier between two bad models is
+    not mode connectivity."""
+    worst = min(acc_a, acc_b)
+    return {"endpoints/min_test_acc": worst, "endpoints/acc_threshold": threshold,
+            "endpoints/under_trained": float(worst < threshold)}
+
+
 def _distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a))
 
@@ -124,23 +134,56 @@ def _distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> f
 def fit_curve(cfg: TrialConfig, base: nn.Module, theta_a: dict, theta_b: dict, data: datasets.Dataset,
               device: torch.device, progress: Progress | None = None, checkpoints: Checkpoints | None = None
               ) -> tuple[Path, list[dict]]:
-    """Garipov et al.'s curve fitting with the ordinary training loop: bends trained, endpoints fixed."""
+    """Garipov et al.'s curve fitting with the ordinary training loop: bends trained, endpoints fixed.
+
+    Weight decay follows the recipe's optimizer (:func:`study.core.paths.curve_weight_decay`): SGD adds the
+    (wd/2)‖θ(t)‖² term with the optimizer's decay 0; AdamW decays the bends decoupled and adds no term (its
+    ``train_objective`` is then the cross-entropy)."""
     assert cfg.curve is not None
-    recipe = cfg.curve.train
     path = Path(theta_a, theta_b, kind=cfg.curve.kind, n_bends=cfg.curve.bends).to(device)
     seed = stable_seed("curve", cfg.seeds, cfg.curve.seed)
-    curve = CurveModel(copy.deepcopy(base), path, weight_decay=recipe.weight_decay, seed=seed)
-    result = train(curve, data, replace(recipe, weight_decay=0.0), seed=seed % (2**62), device=device,
-                   extra_loss=curve.l2_penalty, parameters=curve.trainable_parameters(), before_step=curve.resample,
-                   validate=False, callback=lambda m: _emit(progress, "curve", **m), runtime=cfg.runtime,
-                   **_training_hooks(checkpoints, "curve"))
+    recipe, l2 = curve_weight_decay(cfg.curve.train)
+    curve = CurveModel(copy.deepcopy(base), path, weight_decay=l2 or 0.0, seed=seed)
+    result = train(curve, data, recipe, seed=seed % (2**62), device=device,
+                   extra_loss=curve.l2_penalty if l2 is not None else None, parameters=curve.trainable_parameters(),
+                   before_step=curve.resample, validate=False, callback=lambda m: _emit(progress, "curve", **m),
+                   runtime=cfg.runtime, **_training_hooks(checkpoints, "curve"))
+    for epoch in result.history:
+        epoch.setdefault("train_objective", epoch["train_loss"])
     return path, result.history
+
+
+def merge_and_ensemble(cfg: TrialConfig, model_a: nn.Module, model_b: nn.Module, paths: Mapping[str, Path],
+                       data: datasets.Dataset) -> dict[str, float]:
+    """The endpoints' ensemble and every path's merged midpoint θ(½), clean and robust (:mod:`study.core.merging`).
+    The ensemble uses B as trained: aligning it does not change its function."""
+    common = {"attack": cfg.eval.attack, "robust_splits": cfg.eval.robust_splits, "batch_size": cfg.eval.batch_size,
+              "max_samples": cfg.eval.max_samples, "seed": cfg.seeds[0]}
+    out = merging.ensemble_metrics(model_a, model_b, data, **common)
+    for name, path in paths.items():
+        out.update(merging.merge_metrics(model_a, path, name, data, **common))
+    return out
+
+
+def plane_of(cfg: TrialConfig, model_a: nn.Module, curve: Path, data: datasets.Dataset, device: torch.device,
+             progress: Progress | None = None) -> pd.DataFrame:
+    """The plane through θ_A, the curve's middle bend (``points[n // 2]``: the one bend of a 3-point curve)
+    and θ_B (:func:`study.core.plane.plane_frame`), with the curve's projection for the plot."""
+    assert cfg.eval.plane is not None and cfg.curve is not None
+    points = curve.points()
+    grid = cfg.eval.plane.grid
+    return plane.plane_frame(
+        model_a, points[0], points[-1], points[len(points) // 2], data, grid=grid, margin=cfg.eval.plane.margin,
+        curve=curve.weights, batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples,
+        parallel_points=cfg.runtime.points_together(device, grid * grid), bf16=cfg.eval.bf16,
+        progress=lambda i, n: _emit(progress, "plane", point=i, points=n))
 
 
 def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints: Checkpoints | None = None,
         store: EndpointCache | None = None) -> dict[str, Any]:
     """Run one trial; returns ``metrics`` (flat names), ``profiles`` (one DataFrame per path), ``alignment``
-    diagnostics, ``endpoints`` info and ``timings`` (seconds per phase). With ``checkpoints``, endpoint
+    diagnostics, ``endpoints`` info and ``timings`` (seconds per phase), and with ``eval.plane`` the ``plane``
+    grid (a DataFrame, :func:`study.core.plane.plane_frame`). With ``checkpoints``, endpoint
     training and curve fitting save their state every epoch and a rerun continues from it; with ``store``
     (an :class:`study.store.EndpointStore`), endpoints are trained once and reused."""
     cfg = parse(config)  # every config error surfaces here, before data or compute
@@ -180,6 +223,12 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
         result = evaluate(model, data, "test", batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples)
         out_metrics[f"endpoint_{name}/test_acc"], out_metrics[f"endpoint_{name}/test_loss"] = (
             result["acc"], result["loss"])
+    out_metrics.update(endpoint_quality(out_metrics["endpoint_a/test_acc"], out_metrics["endpoint_b/test_acc"],
+                                        cfg.eval.endpoint_acc_threshold(data.num_classes)))
+    if out_metrics["endpoints/under_trained"]:
+        log.warning("under-trained endpoints: test accuracy %.3f / %.3f, below eval.min_endpoint_acc %.3f; their "
+                    "barriers say little about connectivity", out_metrics["endpoint_a/test_acc"],
+                    out_metrics["endpoint_b/test_acc"], out_metrics["endpoints/acc_threshold"])
 
     profiles: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {"linear": Path(theta_a, theta_b, kind="linear").to(device)}
@@ -191,21 +240,32 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
         out_metrics[f"curve/{cfg.curve.kind}/train_objective"] = curve_history[-1]["train_objective"]
 
     clock = time.perf_counter()
+    ends: dict[float, dict[str, float]] = {}  # t = 0 and 1 are θ_A and θ_B on every path: evaluated once
     for name, path in paths.items():
         profiles[name] = path_profile(
             model_a, path, data, points=cfg.eval.points, attack=cfg.eval.attack, robust_splits=cfg.eval.robust_splits,
             batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples, seed=cfg.seeds[0],
             parallel_points=cfg.runtime.points_together(device, cfg.eval.points), bf16=cfg.eval.bf16,
+            repair=cfg.eval.repair, shared_ends=ends,
             progress=lambda i, n, name=name: _emit(progress, "eval", path=name, point=i, points=n))
         out_metrics.update(metrics.summarize(profiles[name], name))
+    if cfg.eval.merge:
+        out_metrics.update(merge_and_ensemble(cfg, model_a, model_b, paths, data))
     timings["eval"] = time.perf_counter() - clock
+    plane_grid = None
+    if cfg.eval.plane is not None:
+        clock = time.perf_counter()
+        plane_grid = plane_of(cfg, model_a, paths[cfg.curve.kind], data, device, progress)
+        timings["plane"] = time.perf_counter() - clock
     out_metrics.update({f"time/{k}": v for k, v in timings.items()})
     return {
         "metrics": out_metrics,
         "profiles": profiles,
+        **({"plane": plane_grid} if plane_grid is not None else {}),
         "alignment": {"method": alignment.method, "applied": applied, **alignment.diagnostics},
         "endpoints": {"a": info_a, "b": info_b},
         "timings": timings,
         "bn_policy": bn.POLICY if bn.has_batchnorm(model_a) else "none (no BatchNorm)",
+        "repair_policy": repair.POLICY if cfg.eval.repair else repair.NO_POLICY,
         "config": cfg.to_dict(),
     }

@@ -24,8 +24,9 @@ from ray import tune
 
 from study.common.errors import TrackingUnavailable
 from study.common.files import atomic_write
+from study.core import config as trial_config
 from study.core import trial
-from study.sweep import ray_session, search
+from study.sweep import naming, ray_session, search
 from study.sweep.callbacks import LazyTracker, MLflowTrials
 from study.sweep.folder import StudyFolder
 from study.sweep.owner import driver_lock
@@ -35,7 +36,7 @@ from study.sweep.records import Reconciled, reconcile
 from study.sweep.trainables import TrialFunction, endpoint_trainable, pair_trainable
 from study.tracking.health import sqlite_problem
 from study.tracking.schema import FAILED, default_uri
-from study.tracking.tracker import prepare_store
+from study.tracking.tracker import flatten_params, prepare_store, provenance_tags
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class StudyOutcome:
     interrupted: bool
     signal: int | None = None  # the signal that stopped the study (SIGINT, SIGTERM), if one did
     reconciled: Reconciled | None = None  # runs brought up to date from the folder when the driver started
+    experiment_id: str | None = None  # the study's MLflow experiment
+    tracking_uri: str | None = None
 
 
 class StopRequest:
@@ -115,18 +118,53 @@ def _resources(spec: StudySpec) -> dict[str, float]:
 
 
 def _callbacks(spec: StudySpec, stage: str, tracking: LazyTracker, jobs: list[tuple[dict, int]] | None,
-               progress: ProgressLine | None) -> list[Any]:
-    callbacks: list[Any] = [MLflowTrials(spec, stage, tracking, jobs)]
+               progress: ProgressLine | None, names: dict[str, str] | None = None) -> list[Any]:
+    callbacks: list[Any] = [MLflowTrials(spec, stage, tracking, jobs, names)]
     if progress is not None:
         callbacks.append(progress.callback(stage))
     return callbacks
 
 
+def _grid_space(indices: list[int], names: list[str], factors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stage's Tune param space: the grid ``index`` (what the trainable resolves), and, for Ray's own tools
+    (``ResultGrid``, ``ExperimentAnalysis``, trial folders), the trial's run ``name`` and its ``factors``."""
+    by_index = {i: (names[i], factors[i]) for i in indices}
+    return {"index": tune.grid_search(indices),
+            "name": tune.sample_from(lambda config: by_index[config["index"]][0]),
+            "factors": tune.sample_from(lambda config: by_index[config["index"]][1])}
+
+
+class TrialNames:
+    """Tune's trial names and folders after the study's run names (``pairs_0003_tinyten_w_asym_align=weight…``)
+    instead of ``pair_trainable_…_index=3``. Optuna trials are named from their sampled values."""
+
+    def __init__(self, stage: str, spec: StudySpec | None = None, by_index: dict[int, str] | None = None):
+        self.stage, self.spec, self.by_index = stage, spec, by_index or {}
+
+    def name(self, trial: Any) -> str:
+        config = trial.config  # Tune names a trial before it resolves sample_from values: go by the index
+        if "index" in config and int(config["index"]) in self.by_index:
+            return self.by_index[int(config["index"])]
+        if self.spec is not None:
+            from study.sweep.trainables import resolve_trial
+
+            item = resolve_trial(self.spec, config)
+            return naming.trial_name(self.spec.trials, item)
+        return str(trial.trial_id)
+
+    def dirname(self, trial: Any) -> str:
+        index = trial.config.get("index")
+        prefix = f"{self.stage}_{int(index):04d}" if index is not None else f"{self.stage}_{trial.trial_id}"
+        return naming.dirname(self.name(trial), prefix)
+
+
 def _run_stage(name: str, study_dir: Path, trainable: Any, param_space: dict[str, Any], spec: StudySpec,
                callbacks: list[Any], max_concurrent: int | None, search_alg: Any = None,
-               num_samples: int = 1) -> Any:
+               num_samples: int = 1, names_by_index: dict[int, str] | None = None) -> Any:
+    names = TrialNames(name, spec if spec.search != "grid" else None, names_by_index)
     tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent, search_alg=search_alg,
-                                  num_samples=num_samples)
+                                  num_samples=num_samples, trial_name_creator=names.name,
+                                  trial_dirname_creator=names.dirname)
     # A fresh Tune experiment every time: what is done is read from the study folder, so Tune's saved state (which
     # lags behind, and would bring back the first run's callbacks and flags) is never restored.
     # Checkpoints live in the study folder (study.sweep.checkpoints), not in Tune's.
@@ -144,23 +182,63 @@ def _run_stage(name: str, study_dir: Path, trainable: Any, param_space: dict[str
 
 def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, tracking_uri: str | None = None,
               max_concurrent: int | None = None, show_progress: bool = True, trial_fn: TrialFunction = trial.run,
-              rebuild_tracking: bool = False) -> StudyOutcome:
+              rebuild_tracking: bool = False, source: str | None = None) -> StudyOutcome:
     """Run (or continue) ``spec`` in ``study_dir``; returns one row per pair trial.
 
     Whatever ran before, only what the folder lacks is computed: endpoints not in the store, pair trials without
     a result record. ``trial_fn`` is what a pair trial runs (:func:`study.core.trial.run`; the test suite passes
     a wrapper that injects faults). ``rebuild_tracking`` recreates a lost or damaged ``mlflow.db`` from the
-    folder. Raises :class:`~study.sweep.owner.StudyBusy` while another driver runs the study."""
+    folder. ``source``: what was run (the command line), for the runs' ``mlflow.source.name``. Raises
+    :class:`~study.sweep.owner.StudyBusy` while another driver runs the study."""
     folder = StudyFolder(study_dir.resolve())
     folder.root.mkdir(parents=True, exist_ok=True)
     with driver_lock(folder.lock_path):
         return _drive(spec, folder, address=address, tracking_uri=tracking_uri, max_concurrent=max_concurrent,
-                      show_progress=show_progress, trial_fn=trial_fn, rebuild_tracking=rebuild_tracking)
+                      show_progress=show_progress, trial_fn=trial_fn, rebuild_tracking=rebuild_tracking,
+                      source=source)
+
+
+def _plan_note(spec: StudySpec, folder: StudyFolder, endpoints: dict[str, Any]) -> str:
+    finished = folder.finished_keys()
+    if spec.search == "grid":
+        store = folder.store()
+        train = sum(not store.contains(key) for key in endpoints)
+        run = sum(item.key not in finished for item in spec.trials)
+        what = f"{train} of {len(endpoints)} endpoints to train, {run} of {len(spec.trials)} pair trials to run"
+    else:
+        assert spec.optuna is not None
+        what = f"{len(finished)} of {spec.optuna.samples * len(spec.optuna.repeat_seeds)} pair trials finished"
+    return f"study {spec.name!r}: {what}; starting Ray ..."
+
+
+def _view_metrics(spec: StudySpec) -> list[str]:
+    """The metric columns of the runs-table view: endpoint accuracy, the linear path's (and the curve's) test-loss
+    barrier, the robust one where the study attacks."""
+    metrics = ["endpoint_a/test_acc", "barrier_chord/linear/test_loss"]
+    try:
+        cfg = trial_config.parse(spec.trials[0].config if spec.trials else spec.base)
+    except Exception:  # noqa: BLE001 - an Optuna base config may lack what the search fills in
+        return metrics + ["barrier_chord/linear/test_error"]
+    if cfg.curve is not None:
+        metrics.append(f"barrier_chord/{cfg.curve.kind}/test_loss")
+    if cfg.eval.attack is not None:
+        metrics.append("robust/barrier_chord/linear/test_loss")
+    return metrics
+
+
+def _factor_columns(spec: StudySpec) -> list[str]:
+    """The params that hold the factor values (the columns of the runs-table view)."""
+    if spec.search != "grid" and spec.optuna is not None:
+        return [*spec.optuna.space, "seeds"]
+    columns: dict[str, None] = {}
+    for item in spec.trials:
+        columns.update(dict.fromkeys(flatten_params(item.factors)))
+    return list(columns)
 
 
 def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, tracking_uri: str | None,
            max_concurrent: int | None, show_progress: bool, trial_fn: TrialFunction,
-           rebuild_tracking: bool) -> StudyOutcome:
+           rebuild_tracking: bool, source: str | None) -> StudyOutcome:
     study_dir = folder.root
     if address:
         ray_session.check_reachable(address)  # before anything is written
@@ -168,9 +246,16 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
         check_embedded_store(folder, rebuild=rebuild_tracking)
     uri = tracking_uri or default_uri(study_dir)
     prepare_store(uri)
-    tracking = LazyTracker(uri, spec.name, str(study_dir))
+    tracking = LazyTracker(uri, spec.name, str(study_dir), description=spec.description.strip(),
+                           run_tags=provenance_tags(source or str(folder.spec_path)))
     tracker = tracking.get()  # creates the DB, experiment and parent run before any trial starts
-    reconciled = reconcile(folder, tracker)
+    tracker.describe_experiment(_factor_columns(spec), _view_metrics(spec))
+    grid = spec.search == "grid"
+    endpoints = spec.endpoints() if grid else {}
+    endpoint_factors = naming.endpoint_factors(spec.trials, endpoints) if grid else {}
+    endpoint_names = naming.endpoint_names(spec.trials, endpoints, endpoint_factors) if grid else {}
+    trial_names = naming.trial_names(spec.trials) if grid else {}
+    reconciled = reconcile(folder, tracker, endpoint_names)
     orphans = tracker.close_orphans()
     if orphans:
         log.warning("closed %d MLflow run(s) left RUNNING by an interrupted driver", orphans)
@@ -181,6 +266,8 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
     concurrency = max_concurrent or spec.execution.max_concurrent
     progress = ProgressLine() if show_progress else None
     install_one_line_trial_errors()
+    if progress is not None:  # said before Ray starts (seconds), so the console is never silent
+        progress.note(_plan_note(spec, folder, endpoints))
     ray_session.stop_orphaned_ray(study_dir)
     session_dir = ray_session.init_ray(address)
     if session_dir:
@@ -192,7 +279,6 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
         try:
             if spec.search == "grid":
                 # Indices refer to the full, deterministic endpoint list and grid, the same in every run.
-                endpoints = spec.endpoints()
                 jobs = list(endpoints.values())
                 store = folder.store()
                 missing = [i for i, key in enumerate(endpoints) if not store.contains(key)]
@@ -200,23 +286,29 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
                     trainable = tune.with_resources(
                         tune.with_parameters(endpoint_trainable, spec=spec, jobs=jobs, study_dir=str(study_dir)),
                         _resources(spec))
-                    grid = _run_stage("endpoints", study_dir, trainable, {"index": tune.grid_search(missing)},
-                                      spec, _callbacks(spec, "endpoints", tracking, jobs, progress), concurrency)
-                    interrupted = _incomplete(grid)
+                    labels = [endpoint_names[k] for k in endpoints]
+                    space = _grid_space(missing, labels, [endpoint_factors[k] for k in endpoints])
+                    result = _run_stage("endpoints", study_dir, trainable, space, spec,
+                                        _callbacks(spec, "endpoints", tracking, jobs, progress, endpoint_names),
+                                        concurrency, names_by_index={i: labels[i] for i in missing})
+                    interrupted = _incomplete(result)
                 finished = folder.finished_keys()
                 pending = [i for i, item in enumerate(spec.trials) if item.key not in finished]
                 if pending and not (interrupted or stop.signal):
-                    grid = _run_stage("pairs", study_dir, pairs, {"index": tune.grid_search(pending)}, spec,
-                                      _callbacks(spec, "pairs", tracking, None, progress), concurrency)
-                    interrupted = _incomplete(grid)
+                    labels = [trial_names[t.key] for t in spec.trials]
+                    space = _grid_space(pending, labels, [t.factors for t in spec.trials])
+                    result = _run_stage("pairs", study_dir, pairs, space, spec,
+                                        _callbacks(spec, "pairs", tracking, None, progress, trial_names),
+                                        concurrency, names_by_index={i: labels[i] for i in pending})
+                    interrupted = _incomplete(result)
             else:
                 search_alg, samples = search.search_algorithm(spec, study_dir)
                 remaining = samples - len(folder.finished_keys())
                 if remaining > 0:
-                    grid = _run_stage("pairs", study_dir, pairs, {}, spec,
-                                      _callbacks(spec, "pairs", tracking, None, progress), concurrency,
-                                      search_alg=search_alg, num_samples=remaining)
-                    interrupted = _incomplete(grid)
+                    result = _run_stage("pairs", study_dir, pairs, {}, spec,
+                                        _callbacks(spec, "pairs", tracking, None, progress), concurrency,
+                                        search_alg=search_alg, num_samples=remaining)
+                    interrupted = _incomplete(result)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -224,6 +316,8 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
                 ray_session.stop_local_ray(study_dir)
     interrupted = interrupted or stop.signal is not None
     if interrupted:  # the trials the stop cancelled are not running any more; say so in MLflow too
+        # (a trial whose result reached the folder as the stop came is finished, not killed)
+        reconcile(folder, tracker, endpoint_names, announce=False)
         tracker.close_orphans()
     extra = (spec.optuna.metric,) if spec.optuna is not None else ()
     table = tracker.results_table(extra)
@@ -232,4 +326,4 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
         tracker.finish_study({"trials_failed": failed, "trials_total": len(table)})
     return StudyOutcome(study_dir, table, failed, interrupted,
                         signal=stop.signal if stop.signal is not None else (signal.SIGINT if interrupted else None),
-                        reconciled=reconciled)
+                        reconciled=reconciled, experiment_id=tracker.experiment_id, tracking_uri=uri)

@@ -14,6 +14,8 @@ Format (see ``searchspaces/quickstart.yaml``)::
       trial:                         # bundles across sections: merged into the whole trial config
         - {model: {width: 1.0}, data: {name: mnist}}
         - {model: {width: 0.5}, data: {name: cifar10}}
+    exclude:                         # grid points to leave out: each entry drops the trials whose config
+      - {model.symmetry: [w_asym], align.method: [activation, weight]}   # has all its paths at listed values
     resources: {cpu: 1, gpu: 0}      # per trial; gpu may be fractional (0.25 -> four trials share a GPU)
     execution: {max_failures: 2, max_concurrent: null}
     search: grid                     # or optuna (then an `optuna:` section)
@@ -42,7 +44,7 @@ import yaml
 
 from study.core import config as trial_config
 from study.core import data as datasets
-from study.core import metrics, models
+from study.core import merging, metrics, models
 from study.core.attacks import AttackConfig
 from study.core.train import Recipe
 from study.common.errors import ConfigError, SpecError
@@ -51,7 +53,7 @@ from study.common.validation import SEED_LIMIT, check_number, check_seed, did_yo
 
 SEARCHES = ("grid", "optuna")
 OPTUNA_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-TOP_LEVEL = ("name", "description", "trial", "factors", "resources", "execution", "search", "optuna")
+TOP_LEVEL = ("name", "description", "trial", "factors", "exclude", "resources", "execution", "search", "optuna")
 ROOT_BUNDLE = "trial"
 #: Matched with ``fullmatch``, and ``\Z`` rather than ``$`` (which also matches before a trailing newline).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -373,6 +375,52 @@ def _check_factors(raw: Any, problems: list[str]) -> dict[str, list[Any]]:
     return factors
 
 
+_UNSET = object()
+
+
+def get_path(config: Mapping[str, Any], path: str) -> Any:
+    """The value at dotted ``path`` of a (merged, not yet parsed) trial config, or ``_UNSET``."""
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
+
+
+def _check_exclude(raw: Any, factors: Mapping[str, list[Any]], problems: list[str]) -> list[dict[str, list[Any]]]:
+    """``exclude:`` a list of mappings ``{dotted path: [values]}``; a grid point is left out when its trial config
+    has, at every path of one entry, one of that entry's values. Why: crossing every factor spends trials on
+    combinations a study does not want (aligning nets that have no permutation symmetry, say), and listing the
+    wanted combinations by hand as bundles gets long and error-prone."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(e, Mapping) and e for e in raw):
+        problems.append(f"exclude: must be a list of non-empty mappings {{dotted trial path: [values]}}, got {raw!r}")
+        return []
+    known, entries = _known_paths(), []
+    for i, entry in enumerate(raw):
+        clean: dict[str, list[Any]] = {}
+        for path, values in entry.items():
+            if not isinstance(path, str) or path == ROOT_BUNDLE or (path not in known and not _is_open_path(path)):
+                problems.append(f"exclude[{i}].{path}: unknown trial setting{did_you_mean(str(path), known)}")
+                continue
+            clean[path] = list(values) if isinstance(values, list) else [values]
+        if len(clean) == len(entry):
+            entries.append(clean)
+    if entries and not factors:
+        problems.append("exclude: leaves out grid points, but there are no factors (no grid)")
+    return entries
+
+
+def _excluded(config: Mapping[str, Any], entries: list[dict[str, list[Any]]]) -> int | None:
+    """Index of the first ``exclude`` entry that matches ``config``, or None."""
+    for i, entry in enumerate(entries):
+        if all(get_path(config, path) in values for path, values in entry.items()):
+            return i
+    return None
+
+
 def _leaves(prefix: str, value: Any) -> list[str]:
     """The dotted paths a value assigned at ``prefix`` sets (a mapping is merged, so it sets its leaves)."""
     if isinstance(value, Mapping) and value:
@@ -473,6 +521,7 @@ def validate(raw: Any, *, source: str = "<spec>") -> StudySpec:
         problems.append(f"trial: must be a mapping (the fixed part of every trial's config), got {base!r}")
         base = {}
     factors = _check_factors(raw.get("factors"), problems)
+    exclude = _check_exclude(raw.get("exclude"), factors, problems)
     conflicts: list[str] = []  # reported with the trials' own problems: expanding the grid still works
     if factors:
         _check_overlaps(base, factors, conflicts)
@@ -488,10 +537,28 @@ def validate(raw: Any, *, source: str = "<spec>") -> StudySpec:
     if not isinstance(search, str) or search not in SEARCHES:
         problems.append(f"search: unknown search {search!r}{did_you_mean(search, SEARCHES)}; allowed: grid, optuna")
     optuna = _check_optuna(raw.get("optuna"), search, factors, problems) if search in SEARCHES else None
+    if exclude and search == "optuna":
+        problems.append("exclude: only applies to a grid (search: grid); an Optuna search samples its own points")
 
     trials: list[Trial] = []
     if not problems:
         combos = _grid(dict(base), factors)
+        hits = [0] * len(exclude)
+        kept = []
+        for config, chosen in combos:
+            entry = _excluded(config, exclude)
+            if entry is None:
+                kept.append((config, chosen))
+            else:
+                hits[entry] += 1
+        for i, count in enumerate(hits):
+            if count == 0:  # a typo in a value, or a value no factor takes: it would silently do nothing
+                values = "; ".join(f"{path} in {values}" for path, values in exclude[i].items())
+                problems.append(f"exclude[{i}]: matches no grid point ({values}); check its values against the "
+                                f"factors' levels")
+        if exclude and not kept:
+            problems.append("exclude: leaves out every grid point")
+        combos = kept
         failures: dict[str, list[str]] = {}  # message -> combinations that hit it
         seen: dict[str, str] = {}
         models_checked: dict[str, str | None] = {}
@@ -668,6 +735,11 @@ def reported_metrics(parsed: Any) -> set[str]:
     clean = list(dict.fromkeys([*metrics.PROFILE_SPLITS, *robust]))
     for path in paths:
         names |= set(metrics.metric_names(path, clean, robust))
+    names |= {"endpoints/min_test_acc", "endpoints/acc_threshold", "endpoints/under_trained"}
+    if parsed.eval.merge:
+        names |= merging.metric_names(paths, robust)
+    if parsed.eval.plane is not None:
+        names.add("time/plane")
     return names
 
 
@@ -730,3 +802,66 @@ def preflight(spec: StudySpec, *, local: bool) -> list[str]:
         if gpus == 0 and any(str(c.get("device", "auto")).startswith("cuda") for c in configs):
             problems.append("trial.device: cuda requested, but this machine has no GPU (use device: auto or cpu)")
     return problems
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command-line overrides
+# ----------------------------------------------------------------------------------------------------------------
+#: Spec sections whose keys are dotted paths themselves (``factors: {model.arch: [...]}``): an override names one
+#: of their keys whole (``factors.model.arch=[mlp]``).
+_DOTTED_SECTIONS = ("factors", "optuna.space")
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> Any:
+    """The spec document ``raw`` with dotted ``key=value`` overrides merged in (OmegaConf's dotlist grammar:
+    ``trial.train.epochs=2``, ``factors.seeds=[[0,1],[2,3]]``, ``name=quick``). A key that does not start with a
+    top-level spec key is a trial setting: ``train.epochs=2`` is ``trial.train.epochs=2``. The result is
+    validated like any spec, so a misspelt key gets the same did-you-mean message as in the file."""
+    if not overrides:
+        return raw
+    from omegaconf import OmegaConf  # imported here: only commands given overrides need it
+    from omegaconf.errors import OmegaConfBaseException
+
+    document = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else {}
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or key.startswith(".") or key.endswith(".") or ".." in key:
+            problems.append(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. trial.train.epochs=2")
+            continue
+        if key.split(".")[0] not in TOP_LEVEL:
+            key = f"{ROOT_BUNDLE}.{key}"
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+        except OmegaConfBaseException as error:
+            problems.append(f"override {item!r}: cannot read the value ({str(error).splitlines()[0]})")
+            continue
+        section = next((s for s in _DOTTED_SECTIONS if key.startswith(s + ".")), None)
+        if section is not None:  # the rest of the key is one (dotted) key of that section
+            node: Any = document
+            for part in section.split("."):
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r}: {section} is not a mapping in the spec")
+                continue
+            node[key[len(section) + 1:]] = value
+            continue
+        top, _, rest = key.partition(".")
+        if not rest:
+            document[top] = value
+            continue
+        base = document.get(top)
+        if base is None:
+            base = {}
+        if not isinstance(base, Mapping):
+            problems.append(f"override {item!r}: {top} is not a mapping in the spec")
+            continue
+        try:
+            merged = OmegaConf.merge(OmegaConf.create(dict(base)), OmegaConf.from_dotlist([f"{rest}={text}"]))
+            document[top] = OmegaConf.to_container(merged, resolve=False)
+        except OmegaConfBaseException as error:
+            problems.append(f"override {item!r}: {str(error).splitlines()[0]}")
+    if problems:
+        raise SpecError(problems)
+    return document

@@ -20,7 +20,7 @@ from ray import tune
 
 from study.core import config as trial_config
 from study.core import trial
-from study.sweep import artifacts
+from study.sweep import artifacts, naming
 from study.sweep.checkpoints import FolderCheckpoints
 from study.sweep.folder import StudyFolder
 from study.sweep.records import result_record
@@ -47,11 +47,23 @@ def resolve_trial(spec: StudySpec, tune_config: Mapping[str, Any]) -> Trial:
     return Trial(trial_key(config), config, {**sampled, "seeds": list(seeds)})
 
 
-def report_progress(event: Mapping[str, Any]) -> None:
-    """Forward a trial's progress events to Tune (epoch ends only: a report costs a driver round trip)."""
+def report_progress(event: Mapping[str, Any], epochs: Mapping[str, int] | None = None) -> None:
+    """Forward a trial's progress events to Tune (epoch ends only: a report costs a driver round trip).
+    ``epochs``: each phase's number of epochs, shown by the console's progress display."""
     if event.get("phase") in ("endpoint", "curve"):
         tune.report({"phase": event["phase"], "epoch": event.get("epoch", 0),
+                     "epochs": int((epochs or {}).get(event["phase"], 0)),
                      "progress_loss": event.get("train_loss", float("nan"))})
+
+
+def _reporter(config: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], None]:
+    """:func:`report_progress` with the epochs of the trial's phases."""
+    try:
+        cfg = trial_config.parse(config)
+        epochs = {"endpoint": cfg.train.epochs, "curve": cfg.curve.train.epochs if cfg.curve is not None else 0}
+    except Exception:  # noqa: BLE001 - the trial itself reports a bad config
+        epochs = {}
+    return lambda event: report_progress(event, epochs)
 
 
 def limit_gpu_memory(spec: StudySpec) -> None:
@@ -73,7 +85,7 @@ def endpoint_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, jobs:
     data = trial.load_data(cfg, device)
     start = time.perf_counter()
     checkpoints = FolderCheckpoints(folder.checkpoint_dir(f"endpoint-{cfg.endpoint_key(seed)}"))
-    _, info = trial.endpoint(cfg, data, seed, device, progress=report_progress, checkpoints=checkpoints,
+    _, info = trial.endpoint(cfg, data, seed, device, progress=_reporter(config), checkpoints=checkpoints,
                              store=folder.store())
     checkpoints.clear()
     last = info.get("history", [{}])[-1] if info.get("history") else {}
@@ -93,10 +105,12 @@ def pair_trainable(tune_config: Mapping[str, Any], *, spec: StudySpec, study_dir
     record = folder.finished_result(item.key)
     if record is None:
         checkpoints = FolderCheckpoints(folder.checkpoint_dir(item.key))
-        result = trial_fn(item.config, progress=report_progress, checkpoints=checkpoints, store=folder.store())
-        record = result_record(item, result)
+        result = trial_fn(item.config, progress=_reporter(item.config), checkpoints=checkpoints,
+                          store=folder.store())
+        record = result_record(item, result, naming.trial_name(spec.trials, item))
         artifacts.write_trial(folder.artifact_dir(item.key), result["profiles"], record,
-                              title=", ".join(f"{k}={v}" for k, v in item.factors.items()))
+                              title=", ".join(f"{k}={v}" for k, v in item.factors.items()),
+                              plane=result.get("plane"))
         checkpoints.clear()
     tune.report({**record["metrics"], "final": 1, "trial_key": item.key,
                  "artifact_dir": str(folder.artifact_dir(item.key))})

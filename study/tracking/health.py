@@ -37,3 +37,41 @@ def sqlite_problem(path: Path) -> str | None:
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
         return "read-only"
     return None
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+
+
+def experiment_id(path: Path, name: str) -> str | None:
+    """The id of experiment ``name`` in the sqlite store at ``path`` (read-only; None if it has none)."""
+    if sqlite_problem(path) not in (None, "read-only"):
+        return None
+    connection = _read_only(path)
+    try:
+        row = connection.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = "
+                                 "'active'", (name,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        connection.close()
+    return None if row is None else str(row[0])
+
+
+def run_statuses(path: Path, name: str, kind: str) -> dict[str, int] | None:
+    """How many runs of ``kind`` (the ``kind`` tag) experiment ``name`` has in each status, read-only from the
+    sqlite store at ``path``; None if the store is unusable or lacks the experiment."""
+    ident = experiment_id(path, name)
+    if ident is None:
+        return None
+    connection = _read_only(path)
+    try:
+        rows = connection.execute(
+            "SELECT r.status, COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.experiment_id = ? "
+            "AND r.lifecycle_stage = 'active' AND t.key = 'kind' AND t.value = ? GROUP BY r.status",
+            (int(ident), kind)).fetchall()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        connection.close()
+    return {str(status): int(count) for status, count in rows}

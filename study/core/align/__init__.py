@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from study.common.validation import did_you_mean, unknown_choice
-from study.core.align import activation, none, pam, weight
+from study.core.align import activation, none, pam, ste, weight
 from study.core.align.base import Alignment, function_preserving, solve_assignment
 from study.core.data import Dataset
 
@@ -52,6 +52,7 @@ METHODS: dict[str, Method] = {
     "activation": Method(activation.activation_matching, inputs="batch"),
     "weight": Method(weight.weight_matching),
     "pam": Method(pam.pam, inputs="dataset"),
+    "ste": Method(ste.ste_matching, inputs="dataset"),
 }
 
 

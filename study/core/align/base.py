@@ -31,6 +31,17 @@ def function_preserving(model: nn.Module) -> bool:
     return not any(isinstance(m, (WAsymLayer, FiGLU)) for m in model.modules())
 
 
+def effective_state(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every W-Asym layer's ``weight`` replaced by the weight it computes with,
+    W_eff = M ⊙ W + (1 − M) ⊙ κZ (the raw weight is 0 at the fixed positions, so weight-based diagnostics on
+    raw weights would see neither the fixed entries nor the asymmetry they create). Other entries unchanged."""
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if isinstance(module, WAsymLayer):
+            state[f"{name}.weight" if name else "weight"] = module.effective_weight().detach()
+    return state
+
+
 def solve_assignment(similarity: Tensor) -> Tensor:
     """The permutation maximising the total similarity (Hungarian/LAP, scipy): ``perm[i]`` is B's unit for A's i."""
     rows, cols = linear_sum_assignment(similarity.cpu().numpy(), maximize=True)

@@ -6,8 +6,8 @@ curve θ(t) = (1−t)²·θ_A + 2t(1−t)·φ + t²·π(θ_B) jointly over the m
 alternating two blocks for ``rounds`` rounds (docs/science.md, Alignment: PAM):
 
 1. **Curve step.** Fit φ between A and π(B) for ``curve_epochs`` epochs with the ordinary training loop
-   (:func:`study.core.train.train` on a :class:`study.core.paths.CurveModel`, weight decay as the (wd/2)‖θ(t)‖² term of
-   Garipov et al., exactly as :func:`study.core.trial.fit_curve` does). φ starts on the segment in round 1 and is
+   (:func:`study.core.train.train` on a :class:`study.core.paths.CurveModel`, weight decay exactly as
+   :func:`study.core.trial.fit_curve` treats it, :func:`study.core.paths.curve_weight_decay`). φ starts on the segment in round 1 and is
    carried over (warm start) to later rounds.
 2. **Permutation step.** Every permutation p of the spec is relaxed to a doubly-stochastic matrix S_p,
    initialised at the one-hot matrix C_p of the current permutation (S[i, perm[i]] = 1, so soft-permuting with
@@ -39,7 +39,6 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -53,7 +52,7 @@ from study.core import permutation as P
 from study.core.align.activation import activation_matching
 from study.core.align.base import Alignment
 from study.core.data import Dataset
-from study.core.paths import CurveModel, Path, bezier_coefficients, trainable_state
+from study.core.paths import CurveModel, Path, bezier_coefficients, curve_weight_decay, trainable_state
 from study.common.seeding import stable_seed
 from study.core.runtime import mixed_precision
 from study.core.train import Recipe, train
@@ -307,10 +306,11 @@ def _curve_step(model_a: nn.Module, theta_a: dict[str, Tensor], params_b: dict[s
         with torch.no_grad():
             for key, value in path.points()[1].items():
                 value.copy_(bend[key])
-    curve = CurveModel(copy.deepcopy(model_a), path, weight_decay=recipe.weight_decay, seed=seed)
-    train(curve, data, replace(recipe, weight_decay=0.0), seed=seed, device=data.device,
-          extra_loss=curve.l2_penalty, parameters=curve.trainable_parameters(), before_step=curve.resample,
-          validate=False)
+    optimizer_recipe, l2 = curve_weight_decay(recipe)  # SGD: the (wd/2)‖θ(t)‖² term; AdamW: decoupled decay
+    curve = CurveModel(copy.deepcopy(model_a), path, weight_decay=l2 or 0.0, seed=seed)
+    train(curve, data, optimizer_recipe, seed=seed, device=data.device,
+          extra_loss=curve.l2_penalty if l2 is not None else None, parameters=curve.trainable_parameters(),
+          before_step=curve.resample, validate=False)
     return {k: v.detach().clone() for k, v in path.points()[1].items()}
 
 

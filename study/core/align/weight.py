@@ -12,13 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from study.core import permutation as P
-from study.core.align.base import Alignment, solve_assignment
+from study.core.align.base import Alignment, effective_state, solve_assignment
 
 
 def _params(model: nn.Module, spec: P.PermutationSpec) -> dict[str, Tensor]:
-    """Trainable tensors only: BN running statistics describe data, not the function's weights."""
+    """Trainable tensors only: BN running statistics describe data, not the function's weights. W-Asym layers
+    contribute their effective weights M ⊙ W + (1 − M) ⊙ κZ (weight matching there is a diagnostic: the fixed
+    entries, shared by both endpoints, are what should pull it to the identity)."""
     names = {n for n, _ in model.named_parameters()}
-    state = model.state_dict()
+    state = effective_state(model)
     return {k: state[k].detach().double() for k in spec.axes if k in names}
 
 

@@ -167,20 +167,47 @@ NORMS: dict[str, Callable[[int, bool], nn.Module]] = {
 # --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AsymLayerDefault:
-    """Default W-Asym setting of one layer group; ``n_fix=None`` means a quarter of the layer's fan-in."""
+    """Default W-Asym setting of one layer group: the **fraction** of each row's entries that is fixed, and κ.
 
-    n_fix: int | None
+    A layer of the group fixes ``round(fraction × basis)`` entries per output row, at least 1 and at most
+    fan-in − 1, where the basis is the layer's fan-in (``per="fan_in"``, in·k·k) or its out·k·k
+    (``per="out"``: Lim et al.'s ResNet code fixes one count in every conv of a stage, i.e. this fraction of the
+    stage's regular conv fan-in, also in the stage's first conv and shortcut whose fan-in is half of it).
+    Fractions scale with the input size and the width, so a small input (mnist1d's 40 features, digits' 8×8)
+    fixes as large a share as the public code does on MNIST, not a clipped half of it.
+    """
+
+    fraction: float
     kappa: float
+    per: str = "fan_in"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction < 1:
+            raise ValueError(f"W-Asym default fraction must be in [0, 1), got {self.fraction}")
+        if self.per not in ("fan_in", "out"):
+            raise unknown_choice("W-Asym default basis", self.per, ["fan_in", "out"])
+
+    @classmethod
+    def public(cls, n_fix: int, basis: int, kappa: float, per: str = "fan_in") -> "AsymLayerDefault":
+        """The public code's ``n_fix`` for a layer whose basis (fan-in, or out·k·k) was ``basis``."""
+        return cls(n_fix / basis, kappa, per)
+
+    def n_fix(self, fan_in: int, out_size: int) -> int:
+        """Fixed entries per row of a layer with ``fan_in`` inputs per row and ``out_size`` = out·k·k."""
+        if fan_in < 2 or self.fraction == 0:
+            return 0
+        basis = fan_in if self.per == "fan_in" else out_size
+        return min(fan_in - 1, max(1, math.floor(self.fraction * basis + 0.5)))  # round half up
 
 
 @dataclass
 class LayerFactory:
     """Makes layers for one model according to its symmetry method and options.
 
-    ``groups`` names the architecture's W-Asym layer groups with their defaults (the public code's values
-    where they exist); ``n_fix``/``kappa`` override them with a number for all groups or a dict per group.
-    An explicit n_fix >= fan-in is an error; a default that does not fit a small input is clipped to
-    fan-in // 2 (e.g. the MLP's 64 on 40-d mnist1d).
+    ``groups`` names the architecture's W-Asym layer groups with their defaults (fractions: the public code's
+    where they exist, docs/science.md#symmetry-removal); ``n_fix``/``kappa`` override them with a number for
+    all groups or a dict per group. An explicit n_fix must satisfy 0 <= n_fix < fan-in (else an error); a
+    default is a fraction of each layer's fan-in (:class:`AsymLayerDefault`), so it always fits.
     """
 
     symmetry: str
@@ -210,8 +237,8 @@ class LayerFactory:
         if self.figlu_scale <= 0:
             raise ValueError(f"figlu_scale must be > 0, got {self.figlu_scale}")
 
-    def asym_setting(self, group: str, fan_in: int) -> tuple[int, float]:
-        """(n_fix, κ) for a layer of ``group`` with ``fan_in`` inputs."""
+    def asym_setting(self, group: str, fan_in: int, out_size: int | None = None) -> tuple[int, float]:
+        """(n_fix, κ) for a layer of ``group`` with ``fan_in`` inputs per row and ``out_size`` = out·k·k."""
         if group not in self.groups:
             raise unknown_choice("layer group", group, list(self.groups))
         default = self.groups[group]
@@ -223,9 +250,7 @@ class LayerFactory:
                     f"n_fix={explicit} for layer group {group!r} must satisfy 0 <= n_fix < fan-in {fan_in}")
             n_fix = explicit
         else:
-            n_fix = fan_in // 4 if default.n_fix is None else default.n_fix
-            if n_fix >= fan_in:
-                n_fix = fan_in // 2
+            n_fix = default.n_fix(fan_in, fan_in if out_size is None else out_size)
         kappa = self.kappa[group] if isinstance(self.kappa, Mapping) and group in self.kappa else (
             self.kappa if isinstance(self.kappa, (int, float)) else default.kappa)
         if kappa < 0:
@@ -269,13 +294,13 @@ class WAsym(Standard):
 
     @staticmethod
     def linear(f: LayerFactory, fan_in: int, out: int, group: str, bias: bool) -> nn.Module:
-        n_fix, kappa = f.asym_setting(group, fan_in)
+        n_fix, kappa = f.asym_setting(group, fan_in, out)
         return WAsymLinear(fan_in, out, bias=bias, n_fix=n_fix, kappa=kappa)
 
     @staticmethod
     def conv(f: LayerFactory, cin: int, cout: int, k: int, group: str, stride: int, padding: int,
              bias: bool) -> nn.Module:
-        n_fix, kappa = f.asym_setting(group, cin * k * k)
+        n_fix, kappa = f.asym_setting(group, cin * k * k, cout * k * k)
         return WAsymConv2d(cin, cout, k, stride=stride, padding=padding, bias=bias, n_fix=n_fix, kappa=kappa)
 
 

@@ -9,14 +9,17 @@ from torch import Tensor, nn
 from study.core.models.layers import AsymLayerDefault, InputNormalize, LayerFactory
 from study.core.permutation import PermutationSpec, SpecBuilder
 
-# Public defaults (docs/science.md, Symmetry removal): n_fix 64 per row for hidden layers, 256 for the output layer;
-# κ = 1, 1, 0.5 for the hidden layers and 0.25 for the output layer.
+# Public defaults (docs/science.md, Symmetry removal) for 3×512 on MNIST: n_fix 64 per row in the hidden layers
+# (64/784 of the first layer's fan-in, 64/512 of the others'), 256/512 in the output layer; κ = 1, 1, 0.5 for the
+# hidden layers and 0.25 for the output layer. Kept as fractions of each layer's fan-in, so they give exactly the
+# public counts on MNIST at width 1 and the same shares on other inputs and widths.
 _HIDDEN_KAPPA = (1.0, 1.0, 0.5)
 
 
 def asym_groups(depth: int) -> dict[str, AsymLayerDefault]:
-    groups = {f"layer{i}": AsymLayerDefault(64, _HIDDEN_KAPPA[min(i, 2)]) for i in range(depth)}
-    groups["output"] = AsymLayerDefault(256, 0.25)
+    groups = {f"layer{i}": AsymLayerDefault.public(64, 784 if i == 0 else 512, _HIDDEN_KAPPA[min(i, 2)])
+              for i in range(depth)}
+    groups["output"] = AsymLayerDefault.public(256, 512, 0.25)
     return groups
 
 

@@ -15,16 +15,18 @@ from study.core.permutation import PermutationSpec, SpecBuilder
 
 STAGE_CHANNELS = (16, 32, 64)
 
-# Public W-Asym defaults for ResNet-20 with GroupNorm (docs/science.md, Symmetry removal); κ = 3 everywhere.
-# ResNet-32 reuses them.
+# Public W-Asym defaults for ResNet-20 with GroupNorm on CIFAR (docs/science.md, Symmetry removal); κ = 3
+# everywhere; ResNet-32 reuses them. The public code fixes one count in every conv of a stage (stem 12 of 27,
+# stage convs 36 / 54 / 72, shortcuts 6 / 8, linear 8 of 64), i.e. a per-stage fraction of out·k·k (1/4, 3/16, 1/8);
+# kept as those fractions, they give exactly the public counts at width 1 and scale with width.
 ASYM_GROUPS = {
-    "stem": AsymLayerDefault(12, 3.0),
-    "stage1": AsymLayerDefault(36, 3.0),
-    "stage2": AsymLayerDefault(54, 3.0),
-    "stage2_shortcut": AsymLayerDefault(6, 3.0),
-    "stage3": AsymLayerDefault(72, 3.0),
-    "stage3_shortcut": AsymLayerDefault(8, 3.0),
-    "head": AsymLayerDefault(8, 3.0),
+    "stem": AsymLayerDefault.public(12, 27, 3.0),
+    "stage1": AsymLayerDefault.public(36, 16 * 9, 3.0, per="out"),
+    "stage2": AsymLayerDefault.public(54, 32 * 9, 3.0, per="out"),
+    "stage2_shortcut": AsymLayerDefault.public(6, 32, 3.0, per="out"),
+    "stage3": AsymLayerDefault.public(72, 64 * 9, 3.0, per="out"),
+    "stage3_shortcut": AsymLayerDefault.public(8, 64, 3.0, per="out"),
+    "head": AsymLayerDefault.public(8, 64, 3.0),
 }
 
 
