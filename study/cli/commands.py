@@ -236,6 +236,11 @@ def _run(spec, study_dir: Path, args: argparse.Namespace) -> int:
             print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         for _, row in table[table["status"] == "FAILED"].iterrows():
             print(f"FAILED {row.get('run') or '?'} (MLflow run {str(row.get('run_id', ''))[:12]}): {row['error']}")
+        from analysis.headline import headline
+
+        closing = headline(table)
+        if closing:
+            print(f"\n{closing}")
     print(f"\nstudy folder: {outcome.study_dir}")
     uri = outcome.tracking_uri or ""
     if outcome.experiment_id is not None and uri.startswith(("http://", "https://")):

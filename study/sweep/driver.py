@@ -319,7 +319,9 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
         # (a trial whose result reached the folder as the stop came is finished, not killed)
         reconcile(folder, tracker, endpoint_names, announce=False)
         tracker.close_orphans()
-    extra = (spec.optuna.metric,) if spec.optuna is not None else ()
+    curves = sorted({t.config.get("curve", {}).get("kind", "bezier") for t in spec.trials if t.config.get("curve")})
+    extra = (*((spec.optuna.metric,) if spec.optuna is not None else ()),
+             *(f"barrier_chord/{kind}/test_loss" for kind in curves))
     table = tracker.results_table(extra)
     failed = int((table["status"] == FAILED).sum()) if len(table) else 0
     if not interrupted:
