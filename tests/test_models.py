@@ -74,7 +74,7 @@ def test_w_asym_masks_have_exactly_n_fix_per_row_and_public_defaults():
         assert layer.kappa == 3.0
     mlp = models.build("mlp", symmetry="w_asym", num_classes=10, in_shape=(1, 28, 28))
     assert [m.n_fix for m in _asym_layers(mlp)] == [64, 64, 64, 256]
-    assert [m.kappa for m in _asym_layers(mlp)] == [1.0, 1.0, 0.5, 0.25]
+    assert [m.kappa for m in _asym_layers(mlp)] == [1.0, 0.5, 0.25, 0.25]  # public 1, 1, 0.5 with the deeper two halved
 
 
 def test_w_asym_overrides_per_group_and_fractional_defaults():
