@@ -195,9 +195,14 @@ def paired_differences(runs: pd.DataFrame, factor: str, metrics: Sequence[str], 
         if level == baseline:
             continue
         sides = {level, baseline}
-        # every pairing key where either side is planned or has a run
-        universe = dict.fromkeys([p for p, lv in zip(plan_pairs, plan_level) if lv in sides] +
-                                 [p for p, lv in zip(run_pairs, run_level) if lv in sides])
+        # every pairing key where both sides are planned or have a run: a comparison the study does not make
+        # (a level left out of the grid for that setting, e.g. by the spec's exclude:) is no incomplete pair
+        present: dict[Hashable, set[tuple]] = {level: set(), baseline: set()}
+        for p, lv in [*zip(plan_pairs, plan_level), *zip(run_pairs, run_level)]:
+            if lv in sides:
+                present[lv].add(p)
+        universe = dict.fromkeys(p for p in [*plan_pairs, *run_pairs]
+                                 if p in present[level] and p in present[baseline])
         by_group: dict[tuple, list[tuple]] = {}
         for pair in universe:
             by_group.setdefault(tuple(pair[i] for i in project), []).append(pair)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import os
 import shutil
 import tempfile
@@ -544,3 +545,24 @@ def test_bad_input_is_a_usage_error(bad_folders, capsys, args, expected):
     for text in expected:
         assert text in err, err
     assert not (bad_folders["nodb"] / "mlflow.db").exists()
+
+
+def test_a_comparison_the_grid_leaves_out_is_no_incomplete_pair():
+    """exclude: drops aligned trials of asymmetric nets; their 'weight − none' difference is not part of the
+    study, so it gets no row (instead of a row of 0 pairs and 'incomplete' ones), while a failed aligned run of
+    a standard net still counts as incomplete."""
+    from analysis.aggregate import paired_differences
+
+    rows, planned = [], []
+    for seeds in ("[0, 1]", "[2, 3]"):
+        for symmetry, method in (("standard", "none"), ("standard", "weight"), ("w_asym", "none")):
+            failed = (seeds, symmetry, method) == ("[2, 3]", "standard", "weight")
+            value = {"none": 1.0, "weight": 0.25}[method] + (0.5 if seeds == "[2, 3]" else 0.0)
+            key = {"study": "s", "seeds": seeds, "model.symmetry": symmetry, "align.method": method}
+            planned.append(key)
+            rows.append({**key, "status": "FAILED" if failed else "FINISHED", "x/m": math.nan if failed else value})
+    runs, planned = pd.DataFrame(rows), pd.DataFrame(planned)
+    paired = paired_differences(runs, "align.method", ["x/m"], by=["model.symmetry"], planned=planned)
+    assert list(paired["model.symmetry"]) == ["standard"]
+    assert paired.iloc[0]["n"] == 1 and paired.iloc[0]["incomplete"] == 1
+    assert paired.iloc[0]["mean"] == pytest.approx(-0.75)
