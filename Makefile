@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-faults: $(STAMP)
-	$(PY) -m pytest -q -m faults tests/faults
+	$(PY) -m pytest -q -m faults tests
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

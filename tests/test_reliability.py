@@ -32,6 +32,7 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@pytest.mark.faults  # a fault scenario of 1-2 minutes: make test-faults
 def test_study_on_a_multi_node_cluster_survives_losing_a_worker_node_in_each_stage(tmp_path):
     """Head with no CPUs + three 1-CPU worker nodes; a node running an endpoint trial and later one running a
     pair trial are SIGKILLed (all their processes) and a fresh node joins after each: the study finishes."""
@@ -62,6 +63,7 @@ def test_study_on_a_multi_node_cluster_survives_losing_a_worker_node_in_each_sta
     assert not (r["study_dir"] / ".ray_session.json").exists()  # it joined a cluster: no local Ray of its own
 
 
+@pytest.mark.faults  # a fault scenario of 1-2 minutes: make test-faults
 def test_sigkilled_driver_is_resumed_without_duplicates_retraining_or_leftover_ray_processes(tmp_path):
     spec = chaos.make_spec("driver", [[0, 1], [1, 2]], ["none", "weight", "activation"], cpu=2)  # 1 at a time
     r = chaos.driver_death(tmp_path, spec)

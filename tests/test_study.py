@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import yaml
 
 from study.sweep.spec import validate
@@ -117,6 +118,7 @@ def _study(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.faults  # a fault scenario of 1-2 minutes: make test-faults
 def test_interrupted_study_resumes_without_duplicates_or_retraining(tmp_path):
     spec = copy.deepcopy(SPEC)
     spec["name"] = "e2e"
