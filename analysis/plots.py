@@ -152,7 +152,14 @@ def _levels(column: str, *frames: pd.DataFrame | None) -> list[Hashable]:
 
 
 def _combinations(columns: Sequence[str], *frames: pd.DataFrame | None) -> list[tuple]:
-    return list(itertools.product(*(_levels(c, *frames) for c in columns)))
+    """The level combinations of ``columns`` that occur in one of ``frames`` (the planned grid or the runs), in
+    level order: bundled factors (an architecture with its width) and a spec's ``exclude:`` leave most of the
+    cartesian product empty, and an empty panel per absent combination would bury the ones that exist."""
+    present = [f for f in frames if f is not None and all(c in f for c in columns)]
+    combos = list(itertools.product(*(_levels(c, *frames) for c in columns)))
+    if not columns or not present:
+        return combos
+    return [k for k in combos if any(_mask(f, columns, k).any() for f in present)]
 
 
 def _mask(frame: pd.DataFrame, columns: Sequence[str], key: tuple) -> np.ndarray:
