@@ -336,8 +336,14 @@ def load_profiles(runs: pd.DataFrame, *, finished_only: bool = True) -> pd.DataF
 
 
 def _read_profile(row: pd.Series, clients: dict[str, Any]) -> pd.DataFrame | None:
+    return read_trial_csv(row, "profiles.csv", clients)
+
+
+def read_trial_csv(row: pd.Series, name: str, clients: dict[str, Any]) -> pd.DataFrame | None:
+    """A trial's CSV artifact ``name``: ``<study>/artifacts/<trial_key>/<name>``, else from its MLflow run (None
+    when neither has it). ``clients`` caches one MLflow client per tracking URI."""
     if row.get("study_dir") and row.get("trial_key"):
-        local = Path(row["study_dir"]) / "artifacts" / row["trial_key"] / "profiles.csv"
+        local = Path(row["study_dir"]) / "artifacts" / row["trial_key"] / name
         if local.is_file():
             return pd.read_csv(local)
     uri = row.get("tracking_uri")
@@ -346,9 +352,9 @@ def _read_profile(row: pd.Series, clients: dict[str, Any]) -> pd.DataFrame | Non
     client = clients.setdefault(uri, schema.open_client(uri))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(row["run_id"], "profiles.csv", tmp)
-        except Exception as error:  # noqa: BLE001 - no such artifact, unreachable store: the run has no profile
-            log.debug("no profiles.csv for run %s: %s", row["run_id"], error)
+            path = client.download_artifacts(row["run_id"], name, tmp)
+        except Exception as error:  # noqa: BLE001 - no such artifact, unreachable store: the run has none
+            log.debug("no %s for run %s: %s", name, row["run_id"], error)
             return None
         return pd.read_csv(path)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 from collections.abc import Hashable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import keys, level_order, summarize
-from analysis.load import (ENDPOINT_MEAN, StudyData, StudySource, factor_columns, load_profiles, path_kinds)
+from analysis.load import (ENDPOINT_MEAN, StudyData, StudySource, factor_columns, load_profiles, path_kinds,
+                           read_trial_csv)
 from study.common.errors import UsageError
 from study.common.validation import unknown_name
 from study.tracking import schema
@@ -449,30 +449,12 @@ def plot_merge_vs_ensemble(runs: pd.DataFrame, stem: Path, *, planned: pd.DataFr
 # ---------------------------------------------------------------------------------------------------------------
 # Loss-surface planes
 # ---------------------------------------------------------------------------------------------------------------
-def _read_trial_csv(row: pd.Series, name: str, clients: dict[str, Any]) -> pd.DataFrame | None:
-    """A trial's ``name`` artifact: ``<study>/artifacts/<trial_key>/<name>``, else from its MLflow run."""
-    if row.get("study_dir") and row.get("trial_key"):
-        local = Path(row["study_dir"]) / "artifacts" / row["trial_key"] / name
-        if local.is_file():
-            return pd.read_csv(local)
-    uri = row.get("tracking_uri")
-    if not uri:
-        return None
-    client = clients.setdefault(uri, schema.open_client(uri))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(row["run_id"], name, tmp)
-        except Exception:  # noqa: BLE001 - no such artifact: the trial has no plane
-            return None
-        return pd.read_csv(path)
-
-
 def load_planes(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """``plane.csv`` of each finished run that has one, by run id."""
     clients: dict[str, Any] = {}
     out = {}
     for _, row in runs[runs["status"] == FINISHED].iterrows():
-        frame = _read_trial_csv(row, "plane.csv", clients)
+        frame = read_trial_csv(row, "plane.csv", clients)
         if frame is not None:
             out[row["run_id"]] = frame
     return out
