@@ -3,7 +3,8 @@
 Running statistics at an interpolated θ(t) are meaningless (neither endpoint's statistics describe the
 activations of the new weights), so before every evaluation they are reset and recomputed over one pass of
 clean, un-augmented training data, then the net is evaluated in eval mode. Nets without BatchNorm
-(LayerNorm/GroupNorm/no norm) need nothing and are left untouched.
+(LayerNorm/GroupNorm/no norm) need nothing and are left untouched. ``eval.bn_samples`` (default None: the whole
+split) limits the pass to the first N clean training images, the same ones at every point (:func:`policy`).
 
 What "exact" means here: each BN layer's ``running_mean``/``running_var`` become the mean and the *unbiased*
 variance (divisor M − 1) of that layer's input over all M = samples × positions of the pass, exactly as if the
@@ -27,8 +28,20 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-POLICY = ("reset + exact mean and unbiased variance of each BN input over one clean train-mode pass of the "
-          "training data, then eval mode")
+_POLICY = ("reset + exact mean and unbiased variance of each BN input over one clean train-mode pass of {data}, "
+           "then eval mode")
+#: The default policy, recorded as a trial's ``bn_policy``: the whole training split (Garipov et al.).
+POLICY = _POLICY.format(data="the training data")
+
+
+def policy(bn_samples: int | None, n_train: int) -> str:
+    """The policy string a trial records as ``bn_policy`` for ``eval.bn_samples`` on a training split of
+    ``n_train`` samples: :data:`POLICY` without a budget or with one that covers the split (the same pass),
+    else the same words over "the first ``bn_samples`` training images", so every logged number says which
+    statistics it was evaluated with."""
+    if bn_samples is None or bn_samples >= n_train:
+        return POLICY
+    return _POLICY.format(data=f"the first {bn_samples} training images (of {n_train}; eval.bn_samples)")
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

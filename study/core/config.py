@@ -265,6 +265,9 @@ class EvalConfig:
     #: REPAIR (study.core.repair) at every evaluated point of every path: each hidden unit's pre-activation
     #: mean and std reset to the interpolation of the endpoints'. Off: the profiles of the plain interpolation.
     repair: bool = False
+    #: BatchNorm recalibration budget (study.core.bn): None, the whole training split (Garipov et al.'s policy);
+    #: N >= 1: the first N clean training images, the same ones at every evaluated point (N >= the split: all).
+    bn_samples: int | None = None
 
     def endpoint_acc_threshold(self, num_classes: int) -> float:
         """The test accuracy below which an endpoint counts as under-trained, for ``num_classes`` classes."""
@@ -287,6 +290,8 @@ class EvalConfig:
                              f"<= {MAX_EVAL_POINTS}, got {self.points!r}")
         if self.max_samples is not None:
             check_number("max_samples", self.max_samples, integer=True, low=1, high=MAX_SAMPLES)
+        if self.bn_samples is not None:
+            check_number("bn_samples", self.bn_samples, integer=True, low=1, high=MAX_SAMPLES)
         if isinstance(self.robust_splits, (str, bytes)) or not isinstance(self.robust_splits, (list, tuple)):
             raise ValueError(f"robust_splits must be a list of splits ({', '.join(datasets.SPLITS)}), "
                              f"got {self.robust_splits!r}")
@@ -329,7 +334,8 @@ class TrialConfig:
         out["train"] = self.train.identity()
         if self.curve is not None:
             out["curve"]["train"] = self.curve.train.identity()
-        for name, default in (("plane", None), ("merge", True), ("min_endpoint_acc", None)):  # a default keeps older keys
+        for name, default in (("plane", None), ("merge", True), ("min_endpoint_acc", None),
+                              ("bn_samples", None)):  # a default keeps older keys
             if out["eval"].get(name, default) == default:
                 out["eval"].pop(name, None)
         return out

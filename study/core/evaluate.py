@@ -82,6 +82,22 @@ def clean_batches(data: Dataset, split: str, batch_size: int, max_samples: int |
         yield data.batch(split, slice(start, min(start + batch_size, n)))[0]
 
 
+def check_bn_samples(bn_samples: int | None) -> None:
+    """``eval.bn_samples``: None (the whole training split) or an integer >= 1, else a ValueError."""
+    if bn_samples is not None and (isinstance(bn_samples, bool) or not isinstance(bn_samples, int)
+                                   or bn_samples < 1):
+        raise ValueError(f"bn_samples must be None (the whole training split) or an integer >= 1, "
+                         f"got {bn_samples!r}")
+
+
+def recalibration_batches(data: Dataset, batch_size: int, bn_samples: int | None = None) -> Iterator[Tensor]:
+    """The BN policy's pass (:mod:`study.core.bn`): clean training batches in stored order, the whole split or,
+    with a budget ``bn_samples``, its first ``bn_samples`` images (the same ones at every point; a budget at
+    least the split's size is the whole split)."""
+    check_bn_samples(bn_samples)
+    return clean_batches(data, "train", batch_size, max_samples=bn_samples)
+
+
 def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
     """Copy interpolated parameters into ``model`` in place (buffers stay: they are the architecture)."""
     with torch.no_grad():
@@ -106,6 +122,7 @@ def path_profile(
     repair: bool = False,
     progress: Callable[[int, int], None] | None = None,
     shared_ends: dict[float, dict[str, float]] | None = None,
+    bn_samples: int | None = None,
 ) -> pd.DataFrame:
     """Loss and accuracy at ``points`` uniformly spaced t along ``path``, one row per t.
 
@@ -114,6 +131,8 @@ def path_profile(
     see :mod:`study.core.bn`), then each split is evaluated clean and, with an enabled ``attack``, under PGD
     (``robust_*`` columns). A robust split is also evaluated clean when ``splits`` lacks it, so every robust
     metric has its clean counterpart. ``segment_length`` is ‖θ(t_i) − θ(t_{i−1})‖ for arc-length-weighted metrics.
+    ``bn_samples`` (``eval.bn_samples``): recalibrate on the first ``bn_samples`` clean training images instead
+    of the whole split (None, the default; :func:`recalibration_batches`).
 
     ``parallel_points=K > 1`` recalibrates and evaluates K points at a time as one vmapped network
     (:class:`study.core.ensemble.StackedModel`): the same numbers up to float rounding, with K times fewer kernel
@@ -136,6 +155,7 @@ def path_profile(
         raise ValueError(f"an evaluation grid needs at least 3 points, got {points}")
     if not isinstance(parallel_points, int) or parallel_points < 1:
         raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
+    check_bn_samples(bn_samples)
     model = copy.deepcopy(model).to(data.device)
     if repair and parallel_points > 1:
         log.info("repair: evaluating path points one at a time (parallel_points=%d ignored)", parallel_points)
@@ -143,7 +163,7 @@ def path_profile(
     corrector = None
     if repair:
         with mixed_precision(data.device, bf16):  # the endpoints' statistics with the same kernels as the points'
-            corrector = _repair_endpoints(model, path, data, batch_size)
+            corrector = _repair_endpoints(model, path, data, batch_size, bn_samples)
     attacking = attack is not None and not attack.disabled
     splits = list(dict.fromkeys([*splits, *(robust_splits if attacking else ())]))
     ts = torch.linspace(0.0, 1.0, points).tolist()
@@ -158,7 +178,8 @@ def path_profile(
         with mixed_precision(data.device, bf16):
             try:
                 clean, nets = _clean_results(model, weights, data, splits, batch_size, max_samples,
-                                             None if corrector is None else (corrector[0], corrector[1](ts[chunk[0]])))
+                                             None if corrector is None else (corrector[0], corrector[1](ts[chunk[0]])),
+                                             bn_samples=bn_samples)
             except torch.cuda.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
@@ -201,33 +222,37 @@ def _segment_lengths(path: Path, ts: Sequence[float]) -> list[float]:
     return lengths
 
 
-def _repair_endpoints(model: nn.Module, path: Path, data: Dataset, batch_size: int
+def _repair_endpoints(model: nn.Module, path: Path, data: Dataset, batch_size: int, bn_samples: int | None = None
                       ) -> tuple[Repair, Callable[[float], dict[str, Statistics]]]:
     """REPAIR's hooks on ``model`` and the targets at each t: the interpolated statistics of the path's two
-    endpoints, each measured on clean training data after the BN policy (as the profile evaluates them)."""
+    endpoints, each measured on clean training data after the BN policy (as the profile evaluates them, with
+    its ``bn_samples`` budget; REPAIR's own statistics stay over the whole split)."""
     corrector = Repair(model)
     ends = []
     for t in (0.0, 1.0):
         with torch.no_grad():
             load_weights(model, {k: v.detach() for k, v in path.weights(t).items()})
-        bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        bn.recalibrate(model, recalibration_batches(data, batch_size, bn_samples))
         ends.append(corrector.measure(clean_batches(data, "train", batch_size)))
     return corrector, lambda t: interpolate(ends[0], ends[1], t)
 
 
 def _clean_results(
     model: nn.Module, weights: list[dict[str, Tensor]], data: Dataset, splits: Sequence[str], batch_size: int,
-    max_samples: int | None, repair: tuple[Repair, dict[str, Statistics]] | None = None,
+    max_samples: int | None, repair: tuple[Repair, dict[str, Statistics]] | None = None, *,
+    bn_samples: int | None = None,
 ) -> tuple[dict[str, list[dict]], Callable[[int], nn.Module]]:
     """Recalibrate BN at each weight vector and evaluate every split clean: ``{split: [result per vector]}``,
     and a function giving vector i's recalibrated network (for attacks). One vector runs as a plain module
     (bit-identical to the original one-point-at-a-time code), several as a :class:`StackedModel`. ``repair``
-    (one vector only): the model's REPAIR hooks and this point's targets, fitted after the BN policy."""
+    (one vector only): the model's REPAIR hooks and this point's targets, fitted after the BN policy.
+    ``bn_samples``: the BN policy's budget (:func:`recalibration_batches`), the same batches whether the vectors
+    run one at a time or stacked."""
     if len(weights) == 1:
         load_weights(model, weights[0])
         if repair is not None:
             repair[0].clear()  # the BN policy sees the point's own activations
-        bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        bn.recalibrate(model, recalibration_batches(data, batch_size, bn_samples))
         if repair is not None:
             repair[0].fit(repair[1], lambda: clean_batches(data, "train", batch_size))
         clean = {split: [evaluate(model, data, split, batch_size=batch_size, max_samples=max_samples)]
@@ -236,7 +261,7 @@ def _clean_results(
     if repair is not None:
         raise ValueError("REPAIR evaluates one path point at a time")
     stacked = StackedModel(model, weights)
-    stacked.recalibrate(clean_batches(data, "train", batch_size))
+    stacked.recalibrate(recalibration_batches(data, batch_size, bn_samples))
     clean = {split: stacked.evaluate(data, split, batch_size=batch_size, max_samples=max_samples)
              for split in splits}
     return clean, stacked.point

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from study.core import bn
 from study.core.attacks import AttackConfig
 from study.core.data import Dataset
-from study.core.evaluate import EVAL_BATCH_SIZE, clean_batches, evaluate, load_weights
+from study.core.evaluate import (
+    EVAL_BATCH_SIZE,
+    evaluate,
+    load_weights,
+    recalibration_batches,
+)
 from study.core.paths import Path
 
 #: Splits the clean ensemble and merge numbers are measured on.
@@ -75,21 +80,23 @@ def ensemble_metrics(model_a: nn.Module, model_b: nn.Module, data: Dataset, *, s
 
 
 def merged_model(model: nn.Module, path: Path, data: Dataset, *, t: float = 0.5,
-                 batch_size: int = EVAL_BATCH_SIZE) -> nn.Module:
-    """A copy of ``model`` (architecture and fixed buffers) at the path's θ(t), BN recalibrated, in eval mode."""
+                 batch_size: int = EVAL_BATCH_SIZE, bn_samples: int | None = None) -> nn.Module:
+    """A copy of ``model`` (architecture and fixed buffers) at the path's θ(t), BN recalibrated (on the first
+    ``bn_samples`` training images with a budget, as the path's profile), in eval mode."""
     merged = copy.deepcopy(model).to(data.device)
     with torch.no_grad():
         load_weights(merged, {k: v.detach() for k, v in path.weights(t).items()})
-    bn.recalibrate(merged, clean_batches(data, "train", batch_size))
+    bn.recalibrate(merged, recalibration_batches(data, batch_size, bn_samples))
     return merged.eval()
 
 
 def merge_metrics(model: nn.Module, path: Path, name: str, data: Dataset, *, splits: Sequence[str] = SPLITS,
                   attack: AttackConfig | None = None, robust_splits: Sequence[str] = ("test",),
                   batch_size: int = EVAL_BATCH_SIZE, max_samples: int | None = None,
-                  seed: int = 0) -> dict[str, float]:
-    """``merge/{name}/...`` metrics of the path's midpoint θ(½) (see the module docstring)."""
-    merged = merged_model(model, path, data, batch_size=batch_size)
+                  seed: int = 0, bn_samples: int | None = None) -> dict[str, float]:
+    """``merge/{name}/...`` metrics of the path's midpoint θ(½) (see the module docstring); ``bn_samples``: the
+    BN policy's budget (:func:`study.core.evaluate.recalibration_batches`)."""
+    merged = merged_model(model, path, data, batch_size=batch_size, bn_samples=bn_samples)
     return _measure(merged, f"merge/{name}", data, splits=splits, attack=attack, robust_splits=robust_splits,
                     batch_size=batch_size, max_samples=max_samples, seed=seed)
 

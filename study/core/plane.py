@@ -37,7 +37,13 @@ from torch import Tensor, nn
 from study.core import bn
 from study.core.data import Dataset
 from study.core.ensemble import StackedModel
-from study.core.evaluate import EVAL_BATCH_SIZE, clean_batches, evaluate, load_weights
+from study.core.evaluate import (
+    EVAL_BATCH_SIZE,
+    check_bn_samples,
+    evaluate,
+    load_weights,
+    recalibration_batches,
+)
 from study.core.runtime import mixed_precision
 
 log = logging.getLogger(__name__)
@@ -112,11 +118,14 @@ def grid_coordinates(grid: int, margin: float) -> np.ndarray:
 def evaluate_points(model: nn.Module, weights: Callable[[int], dict[str, Tensor]], count: int, data: Dataset, *,
                     splits: Sequence[str] = SPLITS, batch_size: int = EVAL_BATCH_SIZE,
                     max_samples: int | None = None, parallel_points: int = 1, bf16: bool = False,
-                    progress: Callable[[int, int], None] | None = None) -> list[dict[str, float]]:
+                    progress: Callable[[int, int], None] | None = None,
+                    bn_samples: int | None = None) -> list[dict[str, float]]:
     """``{split}_loss``/``{split}_acc`` at ``count`` weight vectors (``weights(i)``), each after BN
-    recalibration on the clean training split, ``parallel_points`` at a time (see the module docstring)."""
+    recalibration on the clean training split (its first ``bn_samples`` images with a budget, as
+    :func:`study.core.evaluate.path_profile`), ``parallel_points`` at a time (see the module docstring)."""
     if not isinstance(parallel_points, int) or parallel_points < 1:
         raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
+    check_bn_samples(bn_samples)
     model = copy.deepcopy(model).to(data.device)
     rows: list[dict[str, float]] = []
     first = 0
@@ -126,7 +135,7 @@ def evaluate_points(model: nn.Module, weights: Callable[[int], dict[str, Tensor]
             vectors = [weights(i) for i in chunk]
         with mixed_precision(data.device, bf16):
             try:
-                results = _evaluate_chunk(model, vectors, data, splits, batch_size, max_samples)
+                results = _evaluate_chunk(model, vectors, data, splits, batch_size, max_samples, bn_samples)
             except torch.cuda.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
@@ -151,14 +160,15 @@ def evaluate_points(model: nn.Module, weights: Callable[[int], dict[str, Tensor]
 
 
 def _evaluate_chunk(model: nn.Module, vectors: list[dict[str, Tensor]], data: Dataset, splits: Sequence[str],
-                    batch_size: int, max_samples: int | None) -> list[dict[str, float]]:
+                    batch_size: int, max_samples: int | None, bn_samples: int | None = None
+                    ) -> list[dict[str, float]]:
     if len(vectors) == 1:
         load_weights(model, vectors[0])
-        bn.recalibrate(model, clean_batches(data, "train", batch_size))
+        bn.recalibrate(model, recalibration_batches(data, batch_size, bn_samples))
         per_split = {s: [evaluate(model, data, s, batch_size=batch_size, max_samples=max_samples)] for s in splits}
     else:
         stacked = StackedModel(model, vectors)
-        stacked.recalibrate(clean_batches(data, "train", batch_size))
+        stacked.recalibrate(recalibration_batches(data, batch_size, bn_samples))
         per_split = {s: stacked.evaluate(data, s, batch_size=batch_size, max_samples=max_samples) for s in splits}
     out = []
     for i in range(len(vectors)):
@@ -174,14 +184,14 @@ def plane_frame(model: nn.Module, theta_a: Mapping[str, Tensor], theta_b: Mappin
                 curve: Callable[[float], Mapping[str, Tensor]] | None = None, curve_points: int = 61,
                 splits: Sequence[str] = SPLITS, batch_size: int = EVAL_BATCH_SIZE, max_samples: int | None = None,
                 parallel_points: int = 1, bf16: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                progress: Callable[[int, int], None] | None = None, bn_samples: int | None = None) -> pd.DataFrame:
     """The plane through ``theta_a``, ``bend`` and ``theta_b`` as one long frame.
 
     Columns: ``kind`` (``grid``, or a marker: ``endpoint_a``, ``endpoint_b``, ``bend``, ``curve``), ``i``, ``j``
     (grid indices along x and y; −1 for markers), ``x``, ``y`` (coordinates in units of ‖u‖ and ‖v‖), ``t``
     (the curve's parameter for ``curve`` rows), ``off_plane`` (distance of a marker from the plane: 0 for a
     3-point Bezier curve, which lies in it), ``{split}_loss``/``{split}_acc`` (grid rows only; BN recalibrated
-    at each point), and the constants ``unit_x``, ``unit_y``. ``curve(t)`` gives the curve's weights at t.
+    at each point, on the first ``bn_samples`` training images with a budget), and the constants ``unit_x``, ``unit_y``. ``curve(t)`` gives the curve's weights at t.
     ``attrs``: ``degenerate`` (see the module docstring), ``grid``, ``margin``."""
     if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= MAX_GRID:
         raise ValueError(f"grid must be an integer >= 2 and <= {MAX_GRID}, got {grid!r}")
@@ -195,7 +205,7 @@ def plane_frame(model: nn.Module, theta_a: Mapping[str, Tensor], theta_b: Mappin
     cells = [(i, j) for i in range(grid) for j in range(grid)]
     values = evaluate_points(model, lambda n: plane.point(float(axis[cells[n][0]]), float(axis[cells[n][1]])),
                              len(cells), data, splits=splits, batch_size=batch_size, max_samples=max_samples,
-                             parallel_points=parallel_points, bf16=bf16, progress=progress)
+                             parallel_points=parallel_points, bf16=bf16, progress=progress, bn_samples=bn_samples)
     rows: list[dict[str, float | int | str]] = [
         {"kind": "grid", "i": i, "j": j, "x": float(axis[i]), "y": float(axis[j]), "t": math.nan,
          "off_plane": 0.0, **value} for (i, j), value in zip(cells, values)]

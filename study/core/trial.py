@@ -161,7 +161,7 @@ def merge_and_ensemble(cfg: TrialConfig, model_a: nn.Module, model_b: nn.Module,
               "max_samples": cfg.eval.max_samples, "seed": cfg.seeds[0]}
     out = merging.ensemble_metrics(model_a, model_b, data, **common)
     for name, path in paths.items():
-        out.update(merging.merge_metrics(model_a, path, name, data, **common))
+        out.update(merging.merge_metrics(model_a, path, name, data, bn_samples=cfg.eval.bn_samples, **common))
     return out
 
 
@@ -176,7 +176,7 @@ def plane_of(cfg: TrialConfig, model_a: nn.Module, curve: Path, data: datasets.D
         model_a, points[0], points[-1], points[len(points) // 2], data, grid=grid, margin=cfg.eval.plane.margin,
         curve=curve.weights, batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples,
         parallel_points=cfg.runtime.points_together(device, grid * grid), bf16=cfg.eval.bf16,
-        progress=lambda i, n: _emit(progress, "plane", point=i, points=n))
+        bn_samples=cfg.eval.bn_samples, progress=lambda i, n: _emit(progress, "plane", point=i, points=n))
 
 
 def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints: Checkpoints | None = None,
@@ -246,7 +246,7 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
             model_a, path, data, points=cfg.eval.points, attack=cfg.eval.attack, robust_splits=cfg.eval.robust_splits,
             batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples, seed=cfg.seeds[0],
             parallel_points=cfg.runtime.points_together(device, cfg.eval.points), bf16=cfg.eval.bf16,
-            repair=cfg.eval.repair, shared_ends=ends,
+            repair=cfg.eval.repair, shared_ends=ends, bn_samples=cfg.eval.bn_samples,
             progress=lambda i, n, name=name: _emit(progress, "eval", path=name, point=i, points=n))
         out_metrics.update(metrics.summarize(profiles[name], name))
     if cfg.eval.merge:
@@ -265,7 +265,8 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
         "alignment": {"method": alignment.method, "applied": applied, **alignment.diagnostics},
         "endpoints": {"a": info_a, "b": info_b},
         "timings": timings,
-        "bn_policy": bn.POLICY if bn.has_batchnorm(model_a) else "none (no BatchNorm)",
+        "bn_policy": (bn.policy(cfg.eval.bn_samples, data.size("train")) if bn.has_batchnorm(model_a)
+                      else "none (no BatchNorm)"),
         "repair_policy": repair.POLICY if cfg.eval.repair else repair.NO_POLICY,
         "config": cfg.to_dict(),
     }
