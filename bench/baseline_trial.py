@@ -101,8 +101,11 @@ def _update_bn(model: nn.Module, loader: DataLoader, device: torch.device) -> No
 def run(arch: str = "tinyten", *, n_train: int = 50000, n_test: int = 10000, epochs: int = 10, points: int = 25,
         seeds: tuple[int, int] = (0, 1), align_samples: int = 10000, batch_size: int = 128, lr: float = 0.05,
         momentum: float = 0.9, weight_decay: float = 5e-4, width: float = 1.0,
-        device: str | torch.device = "cpu") -> dict:
-    """One pair trial the reference way; returns ``timings`` (seconds per phase, as ``trial.run``) and metrics."""
+        device: str | torch.device = "cpu", equal_work: bool = False) -> dict:
+    """One pair trial the reference way; returns ``timings`` (seconds per phase, as ``trial.run``) and metrics.
+
+    ``equal_work``: the reference's own definition of the trial (``bench/equal_work.py``): only the Bezier curve
+    is evaluated, and each point is a BN recalibration plus one test pass (no training-split evaluation)."""
     device = torch.device(device)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -141,14 +144,17 @@ def run(arch: str = "tinyten", *, n_train: int = 50000, n_test: int = 10000, epo
 
     clock = time.perf_counter()
     work = copy.deepcopy(model_a)
-    for name, path in (("linear", Path(theta_a, theta_b, kind="linear").to(device)), ("bezier", bezier)):
+    evaluated = [("bezier", bezier)] if equal_work else [("linear", Path(theta_a, theta_b, kind="linear").to(device)),
+                                                          ("bezier", bezier)]
+    for name, path in evaluated:
         grid, test_losses = torch.linspace(0, 1, points).tolist(), []
         for t in grid:
             with torch.no_grad():
                 for key, value in path.weights(t).items():
                     work.get_parameter(key).copy_(value)
             _update_bn(work, train_loader, device)
-            _evaluate(work, train_loader, device)
+            if not equal_work:
+                _evaluate(work, train_loader, device)
             test_losses.append(_evaluate(work, test_loader, device)[0])
         out[f"barrier_chord/{name}/test_loss"] = metrics.barrier_chord(grid, test_losses)
     _sync(device)

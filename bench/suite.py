@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import shlex
 import subprocess
@@ -40,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baseline_trial  # noqa: E402  (bench/ is not a package)
+import equal_work  # noqa: E402
 
 from study.core import config as trial_config, data as datasets, models
 from study.core import trial  # noqa: E402
@@ -78,20 +80,23 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
-def trial_dict(arch: str, args: argparse.Namespace, device: torch.device, *, epochs: int | None = None) -> dict:
-    """The pair-trial config every measurement here shares (the baseline mirrors it)."""
+def trial_dict(arch: str, args: argparse.Namespace, device: torch.device, *, epochs: int | None = None,
+               profile: str | None = None) -> dict:
+    """The pair-trial config every measurement here shares (the baseline mirrors it); ``profile``: the
+    ``trial.runtime.profile`` (default: the first of ``--profiles``)."""
     recipe = {"epochs": epochs or args.epochs, "batch_size": BATCH, "augment": False}
     return {"data": {"name": "synthetic", "val_fraction": 0.0,
                      "options": {"in_shape": list(IN_SHAPE), "n_train": args.n_train, "n_test": args.n_test}},
             "model": {"arch": arch}, "train": recipe, "seeds": [0, 1],
             "align": {"method": "activation", "samples": args.align_samples},
             "curve": {"kind": "bezier", "bends": 3, "train": recipe}, "eval": {"points": args.points},
-            "device": str(device), "runtime": runtime_overrides(args)}
+            "device": str(device), "runtime": runtime_overrides(args, profile)}
 
 
-def runtime_overrides(args: argparse.Namespace) -> dict:
+def runtime_overrides(args: argparse.Namespace, profile: str | None = None) -> dict:
     """``trial.runtime`` from the command line (unset switches keep their per-device defaults)."""
-    chosen = {"parallel_points": args.parallel_points, "channels_last": args.channels_last, "compile": args.compile}
+    chosen = {"parallel_points": args.parallel_points, "channels_last": args.channels_last, "compile": args.compile,
+              "profile": profile or args.profiles[0]}
     return {k: v for k, v in chosen.items() if v is not None}
 
 
@@ -174,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_const", const=True, help="trial.runtime.compile = true")
     parser.add_argument("--quickstart-cpu", action="store_true",
                         help="also time `study run searchspaces/quickstart.yaml` (CPU, a few minutes)")
+    parser.add_argument("--equal-work", action="store_true",
+                        help="only the reference's pair trial (bench/equal_work.py) against the baseline doing the "
+                             "same work, phase by phase, for each --profiles; no throughput section")
+    parser.add_argument("--profiles", nargs="+", default=["default"], choices=["default", "fast"],
+                        help="trial.runtime.profile values to time (the first one in the ordinary mode)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     for key in ("n_train", "n_test", "epochs", "tp_samples", "align_samples", "pgd_steps", "repeats"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
@@ -199,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {command}")
     print(f"workload: synthetic 3x32x32, 10 classes, {args.n_train} train / {args.n_test} test images, batch "
           f"{BATCH}, no augmentation; pair trial = 2 endpoints x {epochs}, activation alignment on "
-          f"{align_n} images, 3-bend Bezier {epochs}, {args.points} points on the linear path and on "
-          f"the curve with BN recalibration at each"
+          f"{align_n} images, 3-bend Bezier {epochs}, "
+          + (f"{args.points} points on the curve, each a BN recalibration over the training set + one test pass "
+             f"(the reference's trial, bench/equal_work.py)" if args.equal_work else
+             f"{args.points} points on the linear path and on the curve with BN recalibration at each")
           + (f"; fastest of {args.repeats} runs each" if args.repeats > 1 else ""))
     runtime = trial_config.parse(trial_dict(args.archs[0], args, device)).runtime
     print(f"runtime: {runtime}; points evaluated together: {runtime.points_together(device, args.points)}")
@@ -209,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
               + "); pass them explicitly to override")
     peak_text = f"{peak:.0f} TFLOP/s bf16 dense" if peak else "peak unknown"
     print(f"peak: {'n/a on CPU' if device.type == 'cpu' else peak_text}")
+
+    if args.equal_work:
+        return equal_work_mode(args, device, name, stamp, command)
 
     rows = []
     for arch in args.archs:
@@ -281,7 +297,95 @@ def main(argv: list[str] | None = None) -> int:
     if quickstart is not None:
         print(f"\nQuickstart study (`study run searchspaces/quickstart.yaml`, CPU): {quickstart[0]:.1f} s wall"
               + ("" if quickstart[1] == 0 else f" (exit {quickstart[1]})"))
+    write_json(args.json, {"mode": "suite", "date": stamp, "device": name, "torch": torch.__version__,
+                           "command": command, "rows": rows})
     return 0
+
+
+def write_json(path: Path | None, summary: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        print(f"\nJSON: {path}")
+
+
+PHASES = ("setup", "endpoints", "align", "curve", "eval")
+
+
+def equal_work_mode(args: argparse.Namespace, device: torch.device, name: str, stamp: str, command: str) -> int:
+    """The reference's pair trial per architecture: ours under each runtime profile and the baseline, interleaved
+    ``--repeats`` times (fastest kept), seconds by phase and ratios baseline/ours, in one run."""
+    rows = []
+    for arch in args.archs:
+        ours: dict[str, list[dict]] = {profile: [] for profile in args.profiles}
+        bases: list[dict] = []
+        # Warm-up at a tiny size (kernel selection, allocator, lazy imports): whoever ran first paid for it.
+        tiny = argparse.Namespace(**{**vars(args), "n_train": 2 * BATCH, "n_test": BATCH, "epochs": 1, "points": 3})
+        for profile in args.profiles:
+            equal_work.run(trial_dict(arch, tiny, device, profile=profile))
+        if not args.skip_baseline:
+            baseline_trial.run(arch, n_train=tiny.n_train, n_test=tiny.n_test, epochs=1, points=3,
+                               align_samples=tiny.align_samples, device=device, equal_work=True)
+        for _ in range(args.repeats):
+            for profile in args.profiles:
+                ours[profile].append(equal_work.run(trial_dict(arch, args, device, profile=profile)))
+            if not args.skip_baseline:
+                bases.append(baseline_trial.run(arch, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
+                                                points=args.points, align_samples=args.align_samples, device=device,
+                                                equal_work=True))
+        fastest = lambda results: min(results, key=lambda r: sum(r["timings"].values()))  # noqa: E731
+        base = fastest(bases) if bases else None
+        print(f"\n## {arch}: equal-work pair trial")
+        if base is not None:
+            print(f"baseline (fp32 DataLoader): {sum(base['timings'].values()):.2f} s = " + " + ".join(
+                f"{k} {base['timings'][k]:.2f}" for k in PHASES) + "; " + _metrics_text(base["metrics"]))
+        for profile, results in ours.items():
+            result = fastest(results)
+            total = sum(result["timings"].values())
+            row = {"arch": arch, "profile": profile, "ours_seconds": total, "metrics": result["metrics"],
+                   "phases": {k: {"ours": result["timings"][k]} for k in PHASES}, "baseline_seconds": None,
+                   "ratio": None}
+            text = f"ours, profile {profile}: {total:.2f} s = " + " + ".join(
+                f"{k} {result['timings'][k]:.2f}" for k in PHASES) + "; " + _metrics_text(result["metrics"])
+            if base is not None:
+                b_total = sum(base["timings"].values())
+                row.update(baseline_seconds=b_total, ratio=b_total / total, baseline_metrics=base["metrics"])
+                for k in PHASES:
+                    row["phases"][k].update(baseline=base["timings"][k],
+                                            ratio=base["timings"][k] / max(result["timings"][k], 1e-9))
+                text += f"\n  ratio baseline/ours: {b_total / total:.2f}x (" + ", ".join(
+                    f"{k} {row['phases'][k]['ratio']:.2f}x" for k in PHASES if k != "setup") + ")"
+            print(text)
+            rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    print(f"\n### Markdown ({stamp}, {name}, torch {torch.__version__})\n")
+    print(f"`{command}`\n")
+    print("| arch | profile | ours | endpoints / align / curve / eval | baseline | endpoints / align / curve / eval | "
+          "baseline/ours | by phase (endpoints, align, curve, eval) | Bezier barrier ours; baseline |")
+    print("|---|---|---:|---|---:|---|---:|---|---|")
+    for r in rows:
+        ph = r["phases"]
+        split_ours = " / ".join(f"{ph[k]['ours']:.1f}" for k in PHASES[1:])
+        barrier = f"{r['metrics']['barrier_chord/bezier/test_loss']:.4f}"
+        if r["baseline_seconds"] is None:
+            print(f"| {r['arch']} | {r['profile']} | {r['ours_seconds']:.1f} s | {split_ours} | skipped | | n/a | | "
+                  f"{barrier} |")
+            continue
+        split_base = " / ".join(f"{ph[k]['baseline']:.1f}" for k in PHASES[1:])
+        by_phase = ", ".join(f"{ph[k]['ratio']:.2f}x" for k in PHASES[1:])
+        print(f"| {r['arch']} | {r['profile']} | {r['ours_seconds']:.1f} s | {split_ours} | "
+              f"{r['baseline_seconds']:.1f} s | {split_base} | **{r['ratio']:.2f}x** | {by_phase} | {barrier}; "
+              f"{r['baseline_metrics']['barrier_chord/bezier/test_loss']:.4f} |")
+    write_json(args.json, {"mode": "equal-work", "date": stamp, "device": name, "torch": torch.__version__,
+                           "command": command, "rows": rows})
+    return 0
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return (f"endpoint test acc {metrics['endpoint_a/test_acc']:.3f} / {metrics['endpoint_b/test_acc']:.3f}, "
+            f"Bezier test-loss barrier {metrics['barrier_chord/bezier/test_loss']:.4f}")
 
 
 if __name__ == "__main__":
