@@ -18,11 +18,15 @@ install: $(STAMP)
 study: $(STAMP)
 	$(VENV)/bin/study run searchspaces/quickstart.yaml
 
+# Tests spread over the cores (pytest-xdist): in the suite a module's tests stay on one worker, so its fixtures
+# are built once; each fault scenario runs its own study, so they are dealt out one by one.
+XDIST  := -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) --dist loadfile
 
 test-faults: $(STAMP)
-	$(PY) -m pytest -q -m faults tests
+	$(PY) -m pytest -q -m faults $(XDIST) --dist load tests
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

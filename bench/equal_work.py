@@ -35,9 +35,14 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     accuracies, the curve's test-loss barrier)."""
     cfg = trial_config.parse(config)
     assert cfg.curve is not None and cfg.curve.kind == "bezier", "the reference's trial fits a Bezier curve"
+    device = trial.resolve_device(cfg.device)
+    with cfg.runtime.scope(device):  # as trial.run: the runtime profile's CPU bf16, if it applies
+        return _run(cfg, device)
+
+
+def _run(cfg: trial_config.TrialConfig, device: torch.device) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    device = trial.resolve_device(cfg.device)
     data = trial.load_data(cfg, device)
     _sync(device)
     timings["setup"] = time.perf_counter() - clock

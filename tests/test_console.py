@@ -4,6 +4,8 @@ lines without carriage returns or colour codes in pipes, and no Tune interrupt c
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import logging
 from dataclasses import dataclass, field
 
@@ -42,7 +44,9 @@ def test_counts_while_running_and_after_an_interrupt():
     assert line.status("pairs", finished, ended=True) == "[pairs] 1/2 done, 0 running, 1 failed, 0 pending"
 
 
-def test_pipes_get_plain_lines_and_terminals_the_running_phases():
+def test_pipes_get_plain_lines_and_terminals_the_running_phases(monkeypatch):
+    # the line is cut to the terminal's width, which must not be the test runner's (pytest-xdist workers see 80)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(120, 24): os.terminal_size((200, 24)))
     piped = io.StringIO()
     line = ProgressLine(piped, interval_s=0)
     line.show("pairs", _trials())

@@ -312,12 +312,15 @@ class TrialConfig:
     curve: CurveConfig | None
     eval: EvalConfig
     device: str = "auto"
-    runtime: Runtime = field(default_factory=Runtime)  # how the device is used; not part of any result's identity
+    runtime: Runtime = field(default_factory=Runtime)  # how the device is used; in keys only via Runtime.identity
 
     def endpoint_description(self, seed: int) -> dict[str, Any]:
         """Everything that determines one trained endpoint (hashed into its store key)."""
-        return {"format": IDENTITY_FORMAT, "data": self.data.identity(), "model": asdict(self.model),
-                "train": self.train.identity(), "seed": int(seed)}
+        out = {"format": IDENTITY_FORMAT, "data": self.data.identity(), "model": asdict(self.model),
+               "train": self.train.identity(), "seed": int(seed)}
+        if self.runtime.identity():  # CPU bf16 trains other endpoints (the default runtime adds nothing)
+            out["runtime"] = self.runtime.identity()
+        return out
 
     def endpoint_key(self, seed: int) -> str:
         """The endpoint's content key (its store key and MLflow ``trial_key``)."""
@@ -328,9 +331,12 @@ class TrialConfig:
 
         The recipes enter through :meth:`Recipe.identity` (settings that cannot change trained weights are
         pinned), and ``runtime`` (how the device is used) is left out, so a study resumed with another runtime
-        setting or validation batch size continues instead of starting every trial again."""
+        setting or validation batch size continues instead of starting every trial again; except its
+        :meth:`Runtime.identity` (CPU bf16), which changes results beyond rounding."""
         out = {"format": IDENTITY_FORMAT, **self.to_dict()}
         out.pop("runtime")
+        if self.runtime.identity():
+            out["runtime"] = self.runtime.identity()
         out["train"] = self.train.identity()
         if self.curve is not None:
             out["curve"]["train"] = self.curve.train.identity()

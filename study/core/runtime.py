@@ -10,7 +10,11 @@ bit, so CPU results (and the test suite) do not depend on them.
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +24,9 @@ from study.common.validation import check_bool, check_choice, check_number
 
 AUTO = "auto"
 #: ``default``: every CPU default reproduces the plain fp32 computation bit for bit. ``fast``: also what measured
-#: faster on CPU but changes results in the last bits (channels_last for conv nets, 1.11-1.25x in endpoint training;
-#: torch.compile where the training is long enough to earn its compile time back). bench/RESULTS.md has both.
+#: faster on CPU but changes results: channels_last for conv nets, torch.compile where the training is long enough
+#: to earn its compile time back, and bf16 autocast on CPUs with native bf16 (AMX or AVX512-BF16), the one switch
+#: that pays a lot on a CPU (bench/RESULTS.md has all three, and what they do to barriers).
 PROFILES = ("default", "fast")
 #: Training images (epochs x train split) from which ``torch.compile`` pays for a conv net on CPU under the fast
 #: profile: a cold inductor cache costs 29-37 s per architecture, earned back after ~3 epochs of 50k images
@@ -29,11 +34,37 @@ PROFILES = ("default", "fast")
 COMPILE_BREAK_EVEN_IMAGES = 150_000
 
 
+#: Whether bf16 autocast is allowed on the CPU in this context (set by :meth:`Runtime.scope`). A context variable
+#: rather than an argument: the decision is trial-wide (``trial.runtime``), while the forward passes that honour
+#: it sit in the training loop, the evaluators, the plane and the merges, whose signatures know only ``bf16``.
+_CPU_BF16: ContextVar[bool] = ContextVar("symstudy_cpu_bf16", default=False)
+
+
 def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked; a no-op elsewhere (CPU bf16 is slow and changes results)."""
+    """bf16 autocast of forward passes when ``bf16`` is asked: always on CUDA; on a CPU only inside a
+    :meth:`Runtime.scope` that allows it (the fast profile on a CPU with native bf16), since elsewhere CPU bf16
+    is slow and it always changes results."""
     if bf16 and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if bf16 and device.type == "cpu" and _CPU_BF16.get():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16), where oneDNN's bf16 kernels run
+    2-4x faster than fp32 (bench/RESULTS.md); elsewhere they are emulated and slower."""
+    probe = getattr(torch._C, "_cpu", None)
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(probe, name, None)
+        if check is not None and check():
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
 def _auto_or(name: str, check: Any, value: Any) -> None:
@@ -60,12 +91,18 @@ class Runtime:
       differences flip signs of the attack's gradient, so a compiled run diverges from an eager one like two
       GPUs' runs would. The fast profile compiles conv nets whose training reaches
       :data:`COMPILE_BREAK_EVEN_IMAGES`.
+    - ``cpu_bf16``: bf16 autocast of forward passes on a CPU (training, BN recalibration, evaluation), where the
+      recipe's and ``eval``'s ``bf16`` ask for it. ``auto``: on in the fast profile when the CPU has native bf16
+      (:func:`cpu_has_native_bf16`), else off. It is not a rounding detail: endpoints trained with it are other
+      endpoints (bench/RESULTS.md measures by how much barriers move), so it is for exploring, and a table's
+      numbers should all come from one setting.
     - ``profile``: ``default`` or ``fast`` (:data:`PROFILES`): which ``auto`` values apply. Explicit settings win.
     """
 
     parallel_points: int | str = AUTO
     channels_last: bool | str = AUTO
     compile: bool | str = AUTO
+    cpu_bf16: bool | str = AUTO
     profile: str = "default"
 
     def __post_init__(self) -> None:
@@ -75,6 +112,8 @@ class Runtime:
             _auto_or("channels_last", check_bool, self.channels_last)
         if self.compile != AUTO:
             _auto_or("compile", check_bool, self.compile)
+        if self.cpu_bf16 != AUTO:
+            _auto_or("cpu_bf16", check_bool, self.cpu_bf16)
         check_choice("runtime.profile", self.profile, PROFILES)
 
     @property
@@ -96,6 +135,32 @@ class Runtime:
         if self.compile != AUTO:
             return bool(self.compile)
         return self.fast and has_convolutions(model) and images is not None and images >= COMPILE_BREAK_EVEN_IMAGES
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the runtime that changes results by more than rounding, for endpoint and trial keys: empty
+        unless CPU bf16 may apply (the fast profile with ``cpu_bf16: auto``, or ``cpu_bf16: true``), so default
+        keys stay what they were and a fast-profile endpoint is never served to a default trial, nor the other
+        way round. Declared intent, not this machine's capability: keys must agree across a cluster's nodes."""
+        if self.cpu_bf16 is True or (self.cpu_bf16 == AUTO and self.fast):
+            return {"cpu_bf16": True}
+        return {}
+
+    def use_cpu_bf16(self, device: torch.device) -> bool:
+        if device.type != "cpu":
+            return False
+        if self.cpu_bf16 == AUTO:
+            return self.fast and cpu_has_native_bf16()
+        return bool(self.cpu_bf16)
+
+    @contextlib.contextmanager
+    def scope(self, device: torch.device) -> Iterator[None]:
+        """The context a trial's forward passes run in: it allows CPU bf16 autocast when :meth:`use_cpu_bf16`
+        says so (:func:`mixed_precision` reads it), and restores the caller's setting on exit."""
+        token = _CPU_BF16.set(self.use_cpu_bf16(device))
+        try:
+            yield
+        finally:
+            _CPU_BF16.reset(token)
 
     def prepare(self, model: nn.Module, device: torch.device, images: int | None = None) -> nn.Module:
         """Move ``model`` to ``device`` in the chosen memory format (in place) and return what to call for

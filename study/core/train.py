@@ -249,9 +249,11 @@ def train(
         history = [dict(h) for h in resume["history"]]
         first_epoch = int(resume["epoch"]) + 1
         logger.info("resuming training after epoch %d of %d", first_epoch - 1, recipe.epochs)
+    runtime = runtime or Runtime()  # its scope says whether CPU bf16 autocast applies (the fast profile)
     for epoch in range(first_epoch, recipe.epochs + 1):
         start = time.perf_counter()
-        sums, lr = _train_epoch(net, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
+        with runtime.scope(device):
+            sums, lr = _train_epoch(net, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
         train_loss, train_acc, train_objective = (s / n for s in sums.tolist())  # the epoch's one host sync
         if not math.isfinite(train_objective):
             raise DivergenceError(
@@ -269,7 +271,8 @@ def train(
         if extra_loss is not None:
             metrics["train_objective"] = train_objective
         if validate:
-            metrics.update(_validate(net, data, recipe, device, eval_generator))
+            with runtime.scope(device):
+                metrics.update(_validate(net, data, recipe, device, eval_generator))
         metrics["seconds"] = time.perf_counter() - start
         logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         history.append(metrics)

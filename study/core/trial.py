@@ -187,9 +187,15 @@ def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints
     training and curve fitting save their state every epoch and a rerun continues from it; with ``store``
     (an :class:`study.store.EndpointStore`), endpoints are trained once and reused."""
     cfg = parse(config)  # every config error surfaces here, before data or compute
+    device = resolve_device(cfg.device)
+    with cfg.runtime.scope(device):  # CPU bf16 under the fast profile, for every phase's forward passes
+        return _run(cfg, device, progress, checkpoints, store)
+
+
+def _run(cfg: TrialConfig, device: torch.device, progress: Progress | None, checkpoints: Checkpoints | None,
+         store: EndpointCache | None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    device = resolve_device(cfg.device)
     data = load_data(cfg, device)
     build_model(cfg, data, cfg.seeds[0])  # model options vs the data's shape, still before any training
     timings["setup"] = time.perf_counter() - clock
