@@ -247,7 +247,24 @@ def test_runtime_identity_keeps_default_keys_and_separates_cpu_bf16_results():
     for runtime in ({"profile": "fast"}, {"cpu_bf16": True}):
         other = parse({"runtime": runtime})
         assert other.endpoint_key(0) != plain.endpoint_key(0) and other.identity() != plain.identity()
+    evaluation_only = parse({"runtime": {"cpu_bf16": "eval"}})   # fp32 endpoints, bf16 evaluation: a new result
+    assert evaluation_only.endpoint_key(0) == plain.endpoint_key(0) and evaluation_only.identity() != plain.identity()
     assert "runtime" not in plain.endpoint_description(0)             # every existing key is unchanged
+
+
+def test_cpu_bf16_eval_autocasts_evaluation_but_not_training():
+    from study.core.runtime import mixed_precision
+
+    cpu, layer, x = torch.device("cpu"), torch.nn.Linear(4, 3), torch.randn(2, 4)
+    runtime = Runtime(cpu_bf16="eval")
+    assert runtime.use_cpu_bf16(cpu) and not runtime.use_cpu_bf16(cpu, training=True)
+    with runtime.scope(cpu):
+        with mixed_precision(cpu, True):
+            assert layer(x).dtype == torch.bfloat16
+        with runtime.scope(cpu, training=True), mixed_precision(cpu, True):
+            assert layer(x).dtype == torch.float32
+    with pytest.raises(ConfigError, match=r"runtime.cpu_bf16 must be true or false, got 'evaluation' \(or 'eval'"):
+        parse({"runtime": {"cpu_bf16": "evaluation"}})
 
 
 def _train_digits(runtime: Runtime, arch: str = "tinyten") -> tuple[torch.nn.Module, list[dict]]:

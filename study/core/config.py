@@ -318,8 +318,8 @@ class TrialConfig:
         """Everything that determines one trained endpoint (hashed into its store key)."""
         out = {"format": IDENTITY_FORMAT, "data": self.data.identity(), "model": asdict(self.model),
                "train": self.train.identity(), "seed": int(seed)}
-        if self.runtime.identity():  # CPU bf16 trains other endpoints (the default runtime adds nothing)
-            out["runtime"] = self.runtime.identity()
+        if self.runtime.identity(training=True):  # CPU bf16 trains other endpoints (the default adds nothing)
+            out["runtime"] = self.runtime.identity(training=True)
         return out
 
     def endpoint_key(self, seed: int) -> str:

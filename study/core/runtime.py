@@ -38,6 +38,8 @@ COMPILE_BREAK_EVEN_IMAGES = 150_000
 #: rather than an argument: the decision is trial-wide (``trial.runtime``), while the forward passes that honour
 #: it sit in the training loop, the evaluators, the plane and the merges, whose signatures know only ``bf16``.
 _CPU_BF16: ContextVar[bool] = ContextVar("symstudy_cpu_bf16", default=False)
+#: ``cpu_bf16: eval``: bf16 in evaluation only (endpoints and curves trained in fp32).
+CPU_BF16_EVAL = "eval"
 
 
 def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -91,11 +93,13 @@ class Runtime:
       differences flip signs of the attack's gradient, so a compiled run diverges from an eager one like two
       GPUs' runs would. The fast profile compiles conv nets whose training reaches
       :data:`COMPILE_BREAK_EVEN_IMAGES`.
-    - ``cpu_bf16``: bf16 autocast of forward passes on a CPU (training, BN recalibration, evaluation), where the
-      recipe's and ``eval``'s ``bf16`` ask for it. ``auto``: on in the fast profile when the CPU has native bf16
-      (:func:`cpu_has_native_bf16`), else off. It is not a rounding detail: endpoints trained with it are other
-      endpoints (bench/RESULTS.md measures by how much barriers move), so it is for exploring, and a table's
-      numbers should all come from one setting.
+    - ``cpu_bf16``: bf16 autocast of forward passes on a CPU, where the recipe's and ``eval``'s ``bf16`` ask for
+      it: ``true`` in training and evaluation (BN recalibration, every split's pass), ``eval`` in evaluation only,
+      ``false`` nowhere. ``auto``: ``true`` in the fast profile when the CPU has native bf16
+      (:func:`cpu_has_native_bf16`), else ``false``. Training with it is not a rounding detail: it trains other
+      endpoints (bench/RESULTS.md measures how far barriers move: within the seed-pair spread, not within 1e-3),
+      so it is for exploring, and a table's numbers should come from one setting. ``eval`` keeps the endpoints
+      and curves of fp32 and moves barriers by at most 2e-3 (same measurement).
     - ``profile``: ``default`` or ``fast`` (:data:`PROFILES`): which ``auto`` values apply. Explicit settings win.
     """
 
@@ -112,8 +116,11 @@ class Runtime:
             _auto_or("channels_last", check_bool, self.channels_last)
         if self.compile != AUTO:
             _auto_or("compile", check_bool, self.compile)
-        if self.cpu_bf16 != AUTO:
-            _auto_or("cpu_bf16", check_bool, self.cpu_bf16)
+        if self.cpu_bf16 not in (AUTO, CPU_BF16_EVAL):
+            try:
+                check_bool("runtime.cpu_bf16", self.cpu_bf16)
+            except ValueError as error:
+                raise ValueError(f"{error} (or 'eval': evaluation only, or 'auto')") from None
         check_choice("runtime.profile", self.profile, PROFILES)
 
     @property
@@ -136,27 +143,37 @@ class Runtime:
             return bool(self.compile)
         return self.fast and has_convolutions(model) and images is not None and images >= COMPILE_BREAK_EVEN_IMAGES
 
-    def identity(self) -> dict[str, Any]:
-        """The part of the runtime that changes results by more than rounding, for endpoint and trial keys: empty
-        unless CPU bf16 may apply (the fast profile with ``cpu_bf16: auto``, or ``cpu_bf16: true``), so default
-        keys stay what they were and a fast-profile endpoint is never served to a default trial, nor the other
-        way round. Declared intent, not this machine's capability: keys must agree across a cluster's nodes."""
-        if self.cpu_bf16 is True or (self.cpu_bf16 == AUTO and self.fast):
-            return {"cpu_bf16": True}
+    def _cpu_bf16_setting(self) -> bool | str:
+        """``cpu_bf16`` with ``auto`` resolved by the profile alone (True / "eval" / False): declared intent, not
+        this machine's capability, so keys agree across a cluster's nodes."""
+        if self.cpu_bf16 == AUTO:
+            return self.fast
+        return self.cpu_bf16
+
+    def identity(self, *, training: bool = False) -> dict[str, Any]:
+        """The part of the runtime that changes results by more than rounding, for trial keys (and with
+        ``training``, endpoint keys): empty unless CPU bf16 may apply there, so default keys stay what they were
+        and a bf16 endpoint or result is never served to an fp32 trial, nor the other way round."""
+        setting = self._cpu_bf16_setting()
+        if setting is True or (setting == CPU_BF16_EVAL and not training):
+            return {"cpu_bf16": setting}
         return {}
 
-    def use_cpu_bf16(self, device: torch.device) -> bool:
+    def use_cpu_bf16(self, device: torch.device, *, training: bool = False) -> bool:
+        """Whether forward passes on ``device`` autocast to bf16: in training (``training``) or evaluation."""
         if device.type != "cpu":
             return False
+        setting = self._cpu_bf16_setting()
         if self.cpu_bf16 == AUTO:
-            return self.fast and cpu_has_native_bf16()
-        return bool(self.cpu_bf16)
+            setting = setting and cpu_has_native_bf16()
+        return setting is True or (setting == CPU_BF16_EVAL and not training)
 
     @contextlib.contextmanager
-    def scope(self, device: torch.device) -> Iterator[None]:
-        """The context a trial's forward passes run in: it allows CPU bf16 autocast when :meth:`use_cpu_bf16`
-        says so (:func:`mixed_precision` reads it), and restores the caller's setting on exit."""
-        token = _CPU_BF16.set(self.use_cpu_bf16(device))
+    def scope(self, device: torch.device, *, training: bool = False) -> Iterator[None]:
+        """The context a trial's forward passes run in (``training``: the training loop's): it allows CPU bf16
+        autocast when :meth:`use_cpu_bf16` says so (:func:`mixed_precision` reads it), and restores the
+        caller's setting on exit."""
+        token = _CPU_BF16.set(self.use_cpu_bf16(device, training=training))
         try:
             yield
         finally:

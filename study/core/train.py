@@ -252,7 +252,7 @@ def train(
     runtime = runtime or Runtime()  # its scope says whether CPU bf16 autocast applies (the fast profile)
     for epoch in range(first_epoch, recipe.epochs + 1):
         start = time.perf_counter()
-        with runtime.scope(device):
+        with runtime.scope(device, training=True):
             sums, lr = _train_epoch(net, data, recipe, optimizer, scheduler, generator, extra_loss, before_step)
         train_loss, train_acc, train_objective = (s / n for s in sums.tolist())  # the epoch's one host sync
         if not math.isfinite(train_objective):
@@ -271,7 +271,7 @@ def train(
         if extra_loss is not None:
             metrics["train_objective"] = train_objective
         if validate:
-            with runtime.scope(device):
+            with runtime.scope(device, training=True):  # the val pass sees the weights as trained
                 metrics.update(_validate(net, data, recipe, device, eval_generator))
         metrics["seconds"] = time.perf_counter() - start
         logger.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
