@@ -2,11 +2,14 @@
 
 A study is intact when: every planned trial has exactly one MLflow run and it is FINISHED, with a result record in
 the folder; every planned endpoint is in the store and has exactly one FINISHED run; nothing is left RUNNING;
-``study status`` agrees. Read with MLflow's client only after the driver has exited.
+``study status`` agrees. Read with MLflow's client only after the driver has exited, and in a fresh process each
+time: MLflow caches a store (and its pooled SQLite connections) per URI for the life of a process, so a client
+opened here before a ``--rebuild-tracking`` would go on reading the old, damaged file through its open handle.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -24,22 +27,20 @@ def integrity_problems(study_dir: Path, spec: dict[str, Any], *, status_env: dic
     planned = validate(spec)
     folder = StudyFolder(Path(study_dir))
     problems: list[str] = []
-    client = schema.open_client(schema.default_uri(folder.root))
-    experiment = client.get_experiment_by_name(planned.name)
-    if experiment is None:
+    runs = _mlflow_runs(folder.root, planned.name)
+    if runs is None:
         return [f"no MLflow experiment {planned.name!r}"]
-    runs = schema.search_all(client, experiment.experiment_id, "")
-    running = [r for r in runs if r.info.status == schema.RUNNING]
+    running = [r for r in runs if r["status"] == schema.RUNNING]
     if running:
         problems.append(f"{len(running)} run(s) left RUNNING")
     for kind, keys in ((schema.TRIAL_RUN, {t.key for t in planned.trials}),
                        (schema.ENDPOINT_RUN, set(planned.endpoints()))):
-        of_kind = [r for r in runs if r.data.tags.get(schema.KIND) == kind]
-        counts = Counter(r.data.tags.get(schema.TRIAL_KEY) for r in of_kind)
+        of_kind = [r for r in runs if r["kind"] == kind]
+        counts = Counter(r["key"] for r in of_kind)
         duplicated = sorted(k for k, n in counts.items() if n > 1)
         if duplicated:
             problems.append(f"{len(duplicated)} {kind}(s) logged more than once")
-        finished = {r.data.tags.get(schema.TRIAL_KEY) for r in of_kind if r.info.status == schema.FINISHED}
+        finished = {r["key"] for r in of_kind if r["status"] == schema.FINISHED}
         if keys - finished:
             problems.append(f"{len(keys - finished)} planned {kind}(s) without a FINISHED run")
         if set(counts) - keys:
@@ -57,3 +58,26 @@ def integrity_problems(study_dir: Path, spec: dict[str, Any], *, status_env: dic
         problems.append(f"`study status` disagrees (exit {status.returncode}): {status.stdout.strip()} "
                         f"{status.stderr.strip()[-300:]}")
     return problems
+
+
+def _mlflow_runs(study_dir: Path, experiment: str) -> list[dict[str, Any]] | None:
+    """Every run of ``experiment`` in the study's MLflow store as {kind, key, status}, read by MLflow's client in a
+    new process (see the module docstring); None when the experiment does not exist."""
+    out = subprocess.run([sys.executable, "-m", "tests.support.audit", str(study_dir), experiment],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    if out.returncode != 0:
+        raise RuntimeError(f"reading the MLflow runs failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _print_mlflow_runs(study_dir: Path, experiment: str) -> None:
+    client = schema.open_client(schema.default_uri(study_dir))
+    found = client.get_experiment_by_name(experiment)
+    runs = None if found is None else [
+        {"kind": r.data.tags.get(schema.KIND), "key": r.data.tags.get(schema.TRIAL_KEY), "status": r.info.status}
+        for r in schema.search_all(client, found.experiment_id, "")]
+    print(json.dumps(runs))
+
+
+if __name__ == "__main__":
+    _print_mlflow_runs(Path(sys.argv[1]), sys.argv[2])
