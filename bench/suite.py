@@ -96,7 +96,7 @@ def trial_dict(arch: str, args: argparse.Namespace, device: torch.device, *, epo
 def runtime_overrides(args: argparse.Namespace, profile: str | None = None) -> dict:
     """``trial.runtime`` from the command line (unset switches keep their per-device defaults)."""
     chosen = {"parallel_points": args.parallel_points, "channels_last": args.channels_last, "compile": args.compile,
-              "profile": profile or args.profiles[0]}
+              "cpu_bf16": args.cpu_bf16, "profile": profile or args.profiles[0]}
     return {k: v for k, v in chosen.items() if v is not None}
 
 
@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", type=lambda v: {"true": True, "false": False}[v.lower()],
                         help="trial.runtime.channels_last: true/false (default: per device)")
     parser.add_argument("--compile", action="store_const", const=True, help="trial.runtime.compile = true")
+    parser.add_argument("--cpu-bf16", type=lambda v: {"true": True, "false": False}.get(v.lower(), v.lower()),
+                        choices=[True, False, "eval", "auto"],
+                        help="trial.runtime.cpu_bf16: true/false/eval/auto (default: auto, i.e. per profile)")
     parser.add_argument("--quickstart-cpu", action="store_true",
                         help="also time `study run searchspaces/quickstart.yaml` (CPU, a few minutes)")
     parser.add_argument("--equal-work", action="store_true",
@@ -345,7 +348,9 @@ def equal_work_mode(args: argparse.Namespace, device: torch.device, name: str, s
             row = {"arch": arch, "profile": profile, "ours_seconds": total, "metrics": result["metrics"],
                    "phases": {k: {"ours": result["timings"][k]} for k in PHASES}, "baseline_seconds": None,
                    "ratio": None}
-            text = f"ours, profile {profile}: {total:.2f} s = " + " + ".join(
+            overrides = {k: v for k, v in runtime_overrides(args, profile).items() if k != "profile"}
+            row["runtime"] = overrides
+            text = f"ours, profile {profile}{' ' + str(overrides) if overrides else ''}: {total:.2f} s = " + " + ".join(
                 f"{k} {result['timings'][k]:.2f}" for k in PHASES) + "; " + _metrics_text(result["metrics"])
             if base is not None:
                 b_total = sum(base["timings"].values())

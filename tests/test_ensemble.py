@@ -267,6 +267,21 @@ def test_cpu_bf16_eval_autocasts_evaluation_but_not_training():
         parse({"runtime": {"cpu_bf16": "evaluation"}})
 
 
+def test_forcing_cpu_bf16_on_a_cpu_that_emulates_it_is_honoured_with_one_warning(monkeypatch, caplog):
+    from study.core import runtime as runtime_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: False)
+    runtime_module._warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger=runtime_module.__name__):
+        assert not Runtime(profile="fast").use_cpu_bf16(cpu)              # auto decides per CPU: off, silently
+        assert not caplog.records
+        assert Runtime(cpu_bf16=True).use_cpu_bf16(cpu) and Runtime(cpu_bf16="eval").use_cpu_bf16(cpu)
+    warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text                                    # once per process, not per pass
+    runtime_module._warn_emulated_bf16.cache_clear()
+
+
 def _train_digits(runtime: Runtime, arch: str = "tinyten") -> tuple[torch.nn.Module, list[dict]]:
     data = datasets.load("synthetic", in_shape=SHAPE, n_train=128, n_test=32, val_fraction=0.25)
     model = models.build(arch, num_classes=10, in_shape=SHAPE, seed=0, width=0.25, mean=data.mean, std=data.std)

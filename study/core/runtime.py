@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from study.common.validation import check_bool, check_choice, check_number
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 #: ``default``: every CPU default reproduces the plain fp32 computation bit for bit. ``fast``: also what measured
@@ -67,6 +70,15 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process: an explicit ``cpu_bf16`` on a CPU that emulates bf16 is honoured (a user may want bf16
+    numbers anywhere), but it is several times slower than fp32 there (bench/RESULTS.md measures it on an AVX2-only
+    AMD EPYC), which nobody asking for speed expects."""
+    logger.warning("runtime.cpu_bf16 is set, but this CPU has no native bf16 (AMX-BF16 or AVX512-BF16): bf16 is "
+                   "emulated and several times slower than fp32 here; use cpu_bf16: auto to decide per CPU")
 
 
 def _auto_or(name: str, check: Any, value: Any) -> None:
@@ -166,6 +178,8 @@ class Runtime:
         setting = self._cpu_bf16_setting()
         if self.cpu_bf16 == AUTO:
             setting = setting and cpu_has_native_bf16()
+        elif setting and not cpu_has_native_bf16():
+            _warn_emulated_bf16()
         return setting is True or (setting == CPU_BF16_EVAL and not training)
 
     @contextlib.contextmanager
