@@ -408,3 +408,21 @@ def test_every_architecture_stacks_without_vmaps_slow_fallback(images, arch, sym
         warnings.filterwarnings("error", message=".*performance drop.*")
         stacked.recalibrate(clean_batches(images, "train", 64))
         assert stacked(images.batch("test")[0]).shape == (3, images.size("test"), images.num_classes)
+
+
+def test_the_driver_warns_before_compute_when_a_cpu_study_forces_emulated_bf16(monkeypatch):
+    """The workers' warning lands in their logs; the driver says it on the console, before Ray starts."""
+    from study.sweep import driver
+    from study.sweep.spec import validate
+
+    def spec(runtime: dict) -> object:
+        return validate({"name": "x", "trial": {"data": {"name": "digits"}, "model": {"arch": "mlp"},
+                                                "device": "cpu", "runtime": runtime}})
+
+    monkeypatch.setattr(driver, "cpu_has_native_bf16", lambda: False)
+    assert driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": True}))
+    assert driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": "eval"}))
+    assert not driver._forces_emulated_cpu_bf16(spec({"profile": "fast"}))   # auto: decided per CPU, silently
+    assert not driver._forces_emulated_cpu_bf16(spec({}))
+    monkeypatch.setattr(driver, "cpu_has_native_bf16", lambda: True)
+    assert not driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": True}))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 from ray import tune
 
@@ -26,6 +27,7 @@ from study.common.errors import TrackingUnavailable
 from study.common.files import atomic_write
 from study.core import config as trial_config
 from study.core import trial
+from study.core.runtime import CPU_BF16_EVAL, cpu_has_native_bf16
 from study.sweep import naming, ray_session, search
 from study.sweep.callbacks import LazyTracker, MLflowTrials
 from study.sweep.folder import StudyFolder
@@ -198,6 +200,18 @@ def run_study(spec: StudySpec, study_dir: Path, *, address: str | None = None, t
                       source=source)
 
 
+def _forces_emulated_cpu_bf16(spec: StudySpec) -> bool:
+    """Whether a CPU trial of ``spec`` asks for bf16 explicitly on a driver CPU that emulates it: said once by the
+    driver, before compute, because the workers' own warning goes to their logs, not the console (on a cluster
+    the workers' CPUs may differ; the driver's is the best guess a laptop user needs)."""
+    for item in spec.trials:  # a grid's (an Optuna search's trials are drawn later, on the workers)
+        parsed = trial_config.parse(item.config)
+        on_cpu = parsed.device == "cpu" or (parsed.device == "auto" and not torch.cuda.is_available())
+        if on_cpu and parsed.runtime.cpu_bf16 in (True, CPU_BF16_EVAL):
+            return not cpu_has_native_bf16()
+    return False
+
+
 def _plan_note(spec: StudySpec, folder: StudyFolder, endpoints: dict[str, Any]) -> str:
     finished = folder.finished_keys()
     if spec.search == "grid":
@@ -268,6 +282,10 @@ def _drive(spec: StudySpec, folder: StudyFolder, *, address: str | None, trackin
     install_one_line_trial_errors()
     if progress is not None:  # said before Ray starts (seconds), so the console is never silent
         progress.note(_plan_note(spec, folder, endpoints))
+    if _forces_emulated_cpu_bf16(spec):
+        log.warning("trial.runtime.cpu_bf16 is set, but this machine's CPU has no native bf16 (AMX-BF16 or "
+                    "AVX512-BF16): bf16 is emulated and several times slower than fp32 here (cpu_bf16: auto "
+                    "decides per CPU)")
     ray_session.stop_orphaned_ray(study_dir)
     session_dir = ray_session.init_ray(address)
     if session_dir:
