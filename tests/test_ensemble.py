@@ -412,6 +412,7 @@ def test_every_architecture_stacks_without_vmaps_slow_fallback(images, arch, sym
 
 def test_the_driver_warns_before_compute_when_a_cpu_study_forces_emulated_bf16(monkeypatch):
     """The workers' warning lands in their logs; the driver says it on the console, before Ray starts."""
+    from study.core import runtime as runtime_module
     from study.sweep import driver
     from study.sweep.spec import validate
 
@@ -419,10 +420,13 @@ def test_the_driver_warns_before_compute_when_a_cpu_study_forces_emulated_bf16(m
         return validate({"name": "x", "trial": {"data": {"name": "digits"}, "model": {"arch": "mlp"},
                                                 "device": "cpu", "runtime": runtime}})
 
-    monkeypatch.setattr(driver, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: False)
     assert driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": True}))
     assert driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": "eval"}))
     assert not driver._forces_emulated_cpu_bf16(spec({"profile": "fast"}))   # auto: decided per CPU, silently
     assert not driver._forces_emulated_cpu_bf16(spec({}))
-    monkeypatch.setattr(driver, "cpu_has_native_bf16", lambda: True)
+    mixed = validate({"name": "x", "trial": {"data": {"name": "digits"}, "model": {"arch": "mlp"}, "device": "cpu"},
+                      "factors": {"seeds": [[0, 1], [2, 3]], "runtime.cpu_bf16": [False, "eval"]}})
+    assert driver._forces_emulated_cpu_bf16(mixed)                          # one level of a factor is enough
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)
     assert not driver._forces_emulated_cpu_bf16(spec({"cpu_bf16": True}))

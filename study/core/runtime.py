@@ -72,13 +72,19 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
+#: Said when an explicit ``cpu_bf16`` runs on a CPU that emulates bf16 (:meth:`Runtime.emulates_cpu_bf16`): by
+#: each worker process once, and by a study's driver on the console before compute.
+EMULATED_BF16_WARNING = ("trial.runtime.cpu_bf16 is set, but this CPU has no native bf16 (AMX-BF16 or "
+                         "AVX512-BF16): bf16 is emulated and several times slower than fp32 here; use cpu_bf16: "
+                         "auto to decide per CPU")
+
+
 @functools.cache
 def _warn_emulated_bf16() -> None:
     """Once per process: an explicit ``cpu_bf16`` on a CPU that emulates bf16 is honoured (a user may want bf16
     numbers anywhere), but it is several times slower than fp32 there (bench/RESULTS.md measures it on an AVX2-only
     AMD EPYC), which nobody asking for speed expects."""
-    logger.warning("runtime.cpu_bf16 is set, but this CPU has no native bf16 (AMX-BF16 or AVX512-BF16): bf16 is "
-                   "emulated and several times slower than fp32 here; use cpu_bf16: auto to decide per CPU")
+    logger.warning("%s", EMULATED_BF16_WARNING)
 
 
 def _auto_or(name: str, check: Any, value: Any) -> None:
@@ -171,15 +177,20 @@ class Runtime:
             return {"cpu_bf16": setting}
         return {}
 
+    def emulates_cpu_bf16(self, device: torch.device) -> bool:
+        """Whether ``cpu_bf16`` is set explicitly (``true`` or ``eval``; ``auto`` decides per CPU) for ``device``, a
+        CPU without native bf16: honoured, but slower than fp32 (:data:`EMULATED_BF16_WARNING`)."""
+        return device.type == "cpu" and self.cpu_bf16 in (True, CPU_BF16_EVAL) and not cpu_has_native_bf16()
+
     def use_cpu_bf16(self, device: torch.device, *, training: bool = False) -> bool:
         """Whether forward passes on ``device`` autocast to bf16: in training (``training``) or evaluation."""
         if device.type != "cpu":
             return False
+        if self.emulates_cpu_bf16(device):
+            _warn_emulated_bf16()
         setting = self._cpu_bf16_setting()
         if self.cpu_bf16 == AUTO:
             setting = setting and cpu_has_native_bf16()
-        elif setting and not cpu_has_native_bf16():
-            _warn_emulated_bf16()
         return setting is True or (setting == CPU_BF16_EVAL and not training)
 
     @contextlib.contextmanager
