@@ -68,7 +68,8 @@ def _run(cfg: trial_config.TrialConfig, device: torch.device) -> dict[str, Any]:
     clock = time.perf_counter()
     profile = path_profile(model_a, curve, data, points=cfg.eval.points, splits=("test",),
                            batch_size=cfg.eval.batch_size, seed=cfg.seeds[0], bf16=cfg.eval.bf16,
-                           parallel_points=cfg.runtime.points_together(device, cfg.eval.points))
+                           parallel_points=cfg.runtime.points_together(device, cfg.eval.points),
+                           channels_last=cfg.runtime.eval_channels_last(device, model_a))
     _sync(device)
     timings["eval"] = time.perf_counter() - clock
     metrics = {"barrier_chord/bezier/test_loss": barrier_chord(profile["t"].tolist(),

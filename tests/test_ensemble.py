@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 
@@ -126,7 +127,7 @@ def test_path_profile_rejects_a_bad_parallel_points(images):
 @pytest.mark.parametrize("runtime, message", [
     ({"parallel_points": 0}, r"trial.runtime: runtime.parallel_points must be an integer in \[1, inf\), got 0 \(or 'auto'\)"),
     ({"parallel_points": "all"}, r"runtime.parallel_points must be an integer in \[1, inf\), got 'all' \(str\).* \(or 'auto'\)"),
-    ({"channels_last": "yes"}, r"runtime.channels_last must be true or false, got 'yes' \(or 'auto'\)"),
+    ({"channels_last": "yes"}, r"runtime.channels_last must be true or false, got 'yes' \(or 'eval': evaluation only, or 'auto'\)"),
     ({"compile": "sometimes"}, r"runtime.compile must be true or false, got 'sometimes' \(or 'auto'\)"),
     ({"profile": "fastest"}, r"runtime.profile must be one of default, fast; got 'fastest' \(did you mean 'fast'\?\)"),
     ({"paralel_points": 4}, r"trial.runtime: unknown key 'paralel_points' \(did you mean 'parallel_points'\?\)"),
@@ -146,6 +147,47 @@ def test_runtime_defaults_are_per_device():
     assert (default.use_channels_last(cpu, conv), default.use_channels_last(cuda, conv)) == (False, True)
     assert not default.use_channels_last(cuda, mlp)  # no convolutions, nothing to reformat
     assert Runtime(channels_last=True).use_channels_last(cpu, conv)
+    # Evaluation: channels_last for conv nets on every device by default (on a CPU the one default speed-up that
+    # keeps the numbers); "eval" asks for it in evaluation only, false nowhere.
+    assert default.eval_channels_last(cpu, conv) and default.eval_channels_last(cuda, conv)
+    assert not default.eval_channels_last(cpu, mlp)
+    only_eval = Runtime(channels_last="eval")
+    assert only_eval.eval_channels_last(cpu, conv) and not only_eval.use_channels_last(cuda, conv)
+    assert not Runtime(channels_last=False).eval_channels_last(cpu, conv)
+
+
+@pytest.mark.parametrize("arch, kwargs", [("tinyten", {"width": 0.25}), ("resnet20", {"width": 0.5, "symmetry": "w_asym"})])
+def test_channels_last_evaluation_gives_the_nchw_numbers_up_to_rounding(images, arch, kwargs):
+    """The default CPU evaluation of conv nets (channels_last) against the plain NCHW one, same endpoints, same
+    path: every loss and accuracy of the profile agrees to float rounding (measured: |diff| <= 3e-7), and the
+    passes really ran in channels_last (a hook on the first conv sees its weights in that format)."""
+    a, b = _pair(arch, images, **kwargs)
+    path = Path(trainable_state(a), trainable_state(b), kind="linear")
+    formats: list[bool] = []
+    first_conv = next(m for m in a.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_pre_hook(
+        lambda m, args: formats.append(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                       and not m.weight.is_contiguous()))
+    nchw = path_profile(a, path, images, points=5)
+    assert formats and not any(formats)
+    formats.clear()
+    nhwc = path_profile(a, path, images, points=5, channels_last=True)
+    hook.remove()
+    assert formats and all(formats)
+    assert all(p.is_contiguous() for p in a.parameters())  # the caller's model is not reformatted
+    pd.testing.assert_frame_equal(nhwc, nchw, check_exact=False, rtol=0, atol=1e-5)
+
+
+def test_default_cpu_trial_trains_in_nchw_and_only_evaluates_in_channels_last():
+    """The default profile's channels_last is evaluation-only on a CPU: the endpoints and the curve train bit for
+    bit as with channels_last off (their test losses, evaluated the same way, are equal), and every barrier
+    agrees to rounding. (Training in channels_last would move the barrier by ~1e-3 here: the test above.)"""
+    default, plain = _digits_trial({}), _digits_trial({"channels_last": False})
+    for name in ("endpoint_a/test_loss", "endpoint_b/test_loss", "dist/after_alignment"):
+        assert default[name] == plain[name], name
+    for name in plain:
+        if not name.startswith("time/") and not name.endswith("seconds"):
+            assert default[name] == pytest.approx(plain[name], rel=1e-5, abs=1e-6), name
 
 
 def test_fast_profile_turns_on_what_pays_on_cpu_and_explicit_settings_win():

@@ -98,6 +98,14 @@ def recalibration_batches(data: Dataset, batch_size: int, bn_samples: int | None
     return clean_batches(data, "train", batch_size, max_samples=bn_samples)
 
 
+def working_copy(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """The copy of ``model`` whose weights an evaluation of many points overwrites (``model`` stays as it is),
+    on ``device``, in channels_last with ``channels_last`` (``Runtime.eval_channels_last``): ``load_weights``
+    copies into the parameters in place and keeps their strides, so every point runs in that format."""
+    model = copy.deepcopy(model).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
     """Copy interpolated parameters into ``model`` in place (buffers stay: they are the architecture)."""
     with torch.no_grad():
@@ -123,6 +131,7 @@ def path_profile(
     progress: Callable[[int, int], None] | None = None,
     shared_ends: dict[float, dict[str, float]] | None = None,
     bn_samples: int | None = None,
+    channels_last: bool = False,
 ) -> pd.DataFrame:
     """Loss and accuracy at ``points`` uniformly spaced t along ``path``, one row per t.
 
@@ -132,7 +141,9 @@ def path_profile(
     (``robust_*`` columns). A robust split is also evaluated clean when ``splits`` lacks it, so every robust
     metric has its clean counterpart. ``segment_length`` is ‖θ(t_i) − θ(t_{i−1})‖ for arc-length-weighted metrics.
     ``bn_samples`` (``eval.bn_samples``): recalibrate on the first ``bn_samples`` clean training images instead
-    of the whole split (None, the default; :func:`recalibration_batches`).
+    of the whole split (None, the default; :func:`recalibration_batches`). ``channels_last``: points evaluated one
+    at a time run in channels_last (``Runtime.eval_channels_last``: the same numbers to float rounding, faster
+    for conv nets on CPU); stacked points run in NCHW either way.
 
     ``parallel_points=K > 1`` recalibrates and evaluates K points at a time as one vmapped network
     (:class:`study.core.ensemble.StackedModel`): the same numbers up to float rounding, with K times fewer kernel
@@ -156,7 +167,7 @@ def path_profile(
     if not isinstance(parallel_points, int) or parallel_points < 1:
         raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
     check_bn_samples(bn_samples)
-    model = copy.deepcopy(model).to(data.device)
+    model = working_copy(model, data.device, channels_last)
     if repair and parallel_points > 1:
         log.info("repair: evaluating path points one at a time (parallel_points=%d ignored)", parallel_points)
         parallel_points = 1

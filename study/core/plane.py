@@ -23,7 +23,6 @@ when the config is parsed (:mod:`study.core.config`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from study.core.evaluate import (
     evaluate,
     load_weights,
     recalibration_batches,
+    working_copy,
 )
 from study.core.runtime import mixed_precision
 
@@ -119,14 +119,15 @@ def evaluate_points(model: nn.Module, weights: Callable[[int], dict[str, Tensor]
                     splits: Sequence[str] = SPLITS, batch_size: int = EVAL_BATCH_SIZE,
                     max_samples: int | None = None, parallel_points: int = 1, bf16: bool = False,
                     progress: Callable[[int, int], None] | None = None,
-                    bn_samples: int | None = None) -> list[dict[str, float]]:
+                    bn_samples: int | None = None, channels_last: bool = False) -> list[dict[str, float]]:
     """``{split}_loss``/``{split}_acc`` at ``count`` weight vectors (``weights(i)``), each after BN
     recalibration on the clean training split (its first ``bn_samples`` images with a budget, as
-    :func:`study.core.evaluate.path_profile`), ``parallel_points`` at a time (see the module docstring)."""
+    :func:`study.core.evaluate.path_profile`), ``parallel_points`` at a time (see the module docstring), one at a
+    time in channels_last with ``channels_last`` (as ``path_profile``)."""
     if not isinstance(parallel_points, int) or parallel_points < 1:
         raise ValueError(f"parallel_points must be an integer >= 1, got {parallel_points!r}")
     check_bn_samples(bn_samples)
-    model = copy.deepcopy(model).to(data.device)
+    model = working_copy(model, data.device, channels_last)
     rows: list[dict[str, float]] = []
     first = 0
     while first < count:
@@ -184,7 +185,8 @@ def plane_frame(model: nn.Module, theta_a: Mapping[str, Tensor], theta_b: Mappin
                 curve: Callable[[float], Mapping[str, Tensor]] | None = None, curve_points: int = 61,
                 splits: Sequence[str] = SPLITS, batch_size: int = EVAL_BATCH_SIZE, max_samples: int | None = None,
                 parallel_points: int = 1, bf16: bool = False,
-                progress: Callable[[int, int], None] | None = None, bn_samples: int | None = None) -> pd.DataFrame:
+                progress: Callable[[int, int], None] | None = None, bn_samples: int | None = None,
+                channels_last: bool = False) -> pd.DataFrame:
     """The plane through ``theta_a``, ``bend`` and ``theta_b`` as one long frame.
 
     Columns: ``kind`` (``grid``, or a marker: ``endpoint_a``, ``endpoint_b``, ``bend``, ``curve``), ``i``, ``j``
@@ -192,6 +194,7 @@ def plane_frame(model: nn.Module, theta_a: Mapping[str, Tensor], theta_b: Mappin
     (the curve's parameter for ``curve`` rows), ``off_plane`` (distance of a marker from the plane: 0 for a
     3-point Bezier curve, which lies in it), ``{split}_loss``/``{split}_acc`` (grid rows only; BN recalibrated
     at each point, on the first ``bn_samples`` training images with a budget), and the constants ``unit_x``, ``unit_y``. ``curve(t)`` gives the curve's weights at t.
+    ``channels_last``: grid points evaluated one at a time run in channels_last (:func:`evaluate_points`).
     ``attrs``: ``degenerate`` (see the module docstring), ``grid``, ``margin``."""
     if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= MAX_GRID:
         raise ValueError(f"grid must be an integer >= 2 and <= {MAX_GRID}, got {grid!r}")
@@ -205,7 +208,8 @@ def plane_frame(model: nn.Module, theta_a: Mapping[str, Tensor], theta_b: Mappin
     cells = [(i, j) for i in range(grid) for j in range(grid)]
     values = evaluate_points(model, lambda n: plane.point(float(axis[cells[n][0]]), float(axis[cells[n][1]])),
                              len(cells), data, splits=splits, batch_size=batch_size, max_samples=max_samples,
-                             parallel_points=parallel_points, bf16=bf16, progress=progress, bn_samples=bn_samples)
+                             parallel_points=parallel_points, bf16=bf16, progress=progress, bn_samples=bn_samples,
+                             channels_last=channels_last)
     rows: list[dict[str, float | int | str]] = [
         {"kind": "grid", "i": i, "j": j, "x": float(axis[i]), "y": float(axis[j]), "t": math.nan,
          "off_plane": 0.0, **value} for (i, j), value in zip(cells, values)]

@@ -3,8 +3,10 @@
 None of these change *what* is computed beyond float rounding, so they live in :class:`Runtime`, apart from the
 training recipe: they are not part of an endpoint's identity, and a study can switch them without retraining
 its stored endpoints. Their defaults are per device ("auto"), chosen from measurements recorded in
-``bench/RESULTS.md``; on a CPU every default reproduces the plain fp32, one-point-at-a-time computation bit for
-bit, so CPU results (and the test suite) do not depend on them.
+``bench/RESULTS.md``. On a CPU the defaults train bit for bit as the plain fp32 NCHW computation (rounding in
+training is not harmless: SGD turns a last-bit difference into other endpoints), and evaluate conv nets in
+channels_last, which only re-rounds a forward pass: barriers agree with the NCHW evaluation to ~1e-6, far
+below anything printed, and evaluation runs 1.3-1.6x faster (bench/RESULTS.md, 2026-12-02 evening).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ COMPILE_BREAK_EVEN_IMAGES = 150_000
 #: rather than an argument: the decision is trial-wide (``trial.runtime``), while the forward passes that honour
 #: it sit in the training loop, the evaluators, the plane and the merges, whose signatures know only ``bf16``.
 _CPU_BF16: ContextVar[bool] = ContextVar("symstudy_cpu_bf16", default=False)
-#: ``cpu_bf16: eval``: bf16 in evaluation only (endpoints and curves trained in fp32).
-CPU_BF16_EVAL = "eval"
+#: ``cpu_bf16: eval``: bf16 in evaluation only (endpoints and curves trained in fp32); ``channels_last: eval``:
+#: channels_last in evaluation only (endpoints and curves trained in NCHW).
+CPU_BF16_EVAL = EVAL_ONLY = "eval"
 
 
 def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -102,8 +105,12 @@ class Runtime:
     - ``parallel_points``: path points recalibrated and evaluated together as one vmapped network
       (:mod:`study.core.ensemble`). ``auto``: a whole path at once on CUDA (one kernel launch per layer instead of
       25), 1 on CPU, where grouped convolutions are slower than 25 plain ones (bench/RESULTS.md).
-    - ``channels_last``: NHWC memory format for conv nets, which bf16 tensor-core convolutions want.
-      ``auto``: on for conv nets on CUDA, off on CPU.
+    - ``channels_last``: NHWC memory format for conv nets, which bf16 tensor-core convolutions and oneDNN's fp32
+      CPU kernels want: ``true`` in training and evaluation, ``eval`` in evaluation only (BN recalibration and
+      every pass at path and plane points), ``false`` nowhere. ``auto``: ``true`` for conv nets on CUDA and in the
+      fast profile; ``eval`` on a CPU in the default profile: evaluation 1.3-1.6x faster with the same numbers to
+      float rounding, while training stays NCHW, bit for bit what it was (in training the re-rounding would
+      train other endpoints). Stacked points (``parallel_points`` > 1) run in NCHW whatever this says.
     - ``compile``: ``torch.compile`` the model for endpoint training and curve fitting (evaluation is not
       compiled: its stacked network is rebuilt per path, so each path would compile again). ``auto``: off in
       the default profile: with a cold inductor cache it costs 30-40 s per architecture (later trials on the
@@ -130,8 +137,11 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.parallel_points != AUTO:
             _auto_or("parallel_points", lambda w, v: check_number(w, v, integer=True, low=1), self.parallel_points)
-        if self.channels_last != AUTO:
-            _auto_or("channels_last", check_bool, self.channels_last)
+        if self.channels_last not in (AUTO, EVAL_ONLY):
+            try:
+                check_bool("runtime.channels_last", self.channels_last)
+            except ValueError as error:
+                raise ValueError(f"{error} (or 'eval': evaluation only, or 'auto')") from None
         if self.compile != AUTO:
             _auto_or("compile", check_bool, self.compile)
         if self.cpu_bf16 not in (AUTO, CPU_BF16_EVAL):
@@ -151,9 +161,18 @@ class Runtime:
         return min(int(self.parallel_points), points)
 
     def use_channels_last(self, device: torch.device, model: nn.Module) -> bool:
+        """Whether ``model`` trains in channels_last on ``device``."""
         if self.channels_last == AUTO:
             return (device.type == "cuda" or self.fast) and has_convolutions(model)
-        return bool(self.channels_last) and has_convolutions(model)
+        return self.channels_last is True and has_convolutions(model)
+
+    def eval_channels_last(self, device: torch.device, model: nn.Module) -> bool:
+        """Whether ``model``'s evaluation passes (BN recalibration, clean and robust passes at path and plane
+        points) run in channels_last on ``device``: ``auto`` on every device for conv nets (on a CPU it is the
+        default profile's one speed-up that keeps the numbers, see the class docstring)."""
+        if self.channels_last == AUTO:
+            return has_convolutions(model)
+        return self.channels_last in (True, EVAL_ONLY) and has_convolutions(model)
 
     def use_compile(self, model: nn.Module, images: int | None) -> bool:
         """Whether to compile ``model`` for a training run of ``images`` images (None: unknown)."""

@@ -176,7 +176,8 @@ def plane_of(cfg: TrialConfig, model_a: nn.Module, curve: Path, data: datasets.D
         model_a, points[0], points[-1], points[len(points) // 2], data, grid=grid, margin=cfg.eval.plane.margin,
         curve=curve.weights, batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples,
         parallel_points=cfg.runtime.points_together(device, grid * grid), bf16=cfg.eval.bf16,
-        bn_samples=cfg.eval.bn_samples, progress=lambda i, n: _emit(progress, "plane", point=i, points=n))
+        bn_samples=cfg.eval.bn_samples, channels_last=cfg.runtime.eval_channels_last(device, model_a),
+        progress=lambda i, n: _emit(progress, "plane", point=i, points=n))
 
 
 def run(config: Mapping[str, Any], progress: Progress | None = None, checkpoints: Checkpoints | None = None,
@@ -253,6 +254,7 @@ def _run(cfg: TrialConfig, device: torch.device, progress: Progress | None, chec
             batch_size=cfg.eval.batch_size, max_samples=cfg.eval.max_samples, seed=cfg.seeds[0],
             parallel_points=cfg.runtime.points_together(device, cfg.eval.points), bf16=cfg.eval.bf16,
             repair=cfg.eval.repair, shared_ends=ends, bn_samples=cfg.eval.bn_samples,
+            channels_last=cfg.runtime.eval_channels_last(device, model_a),
             progress=lambda i, n, name=name: _emit(progress, "eval", path=name, point=i, points=n))
         out_metrics.update(metrics.summarize(profiles[name], name))
     if cfg.eval.merge:
