@@ -8,6 +8,8 @@ For each architecture, on synthetic CIFAR-shaped data (3×32×32, 10 classes):
   the training set and clean train + test evaluation at each) with ``parallel_points`` = each of ``--parallel``,
   and, on CUDA, with and without bf16 autocast; the largest difference in any profile value against
   ``parallel_points=1`` shows the numbers agree;
+- the same path evaluated one point at a time in channels_last (``path_profile(channels_last=True)``, the CPU
+  default for conv nets), against the same NCHW reference;
 - endpoint training: seconds per epoch in eager fp32 NCHW (the CPU default), channels_last, and
   ``torch.compile`` (first epoch, which includes compilation, and the steady-state epoch), with the number of
   epochs after which compilation has paid for itself.
@@ -64,18 +66,23 @@ def path_evaluation(arch: str, data: datasets.Dataset, args: argparse.Namespace,
     path = WeightPath(trainable_state(a), trainable_state(b)).to(device)
     rows, reference, base_seconds = [], None, None
     precisions = [True, False] if device.type == "cuda" else [False]
-    for bf16 in precisions:
-        for k in args.parallel:
-            seconds, profile = timed(lambda: path_profile(a, path, data, points=args.points, parallel_points=k,
-                                                          bf16=bf16), device, args.repeats)
-            values = torch.tensor(profile.drop(columns=["t"]).to_numpy())
-            if reference is None:
-                reference, base_seconds = values, seconds
-            diff = (values - reference).abs().max().item()
-            images = args.points * (2 * data.size("train") + data.size("test"))
-            rows.append(f"| {arch} | {k} | {'bf16' if bf16 else 'fp32'} | {seconds:.2f} | {images / seconds:,.0f} | "
-                        f"{base_seconds / seconds:.2f}x | {diff:.1e} |")
-            print(rows[-1], flush=True)
+    # (points together, bf16, channels_last): NCHW first (the reference numbers), then channels_last one point at
+    # a time (the CPU default for conv nets since 2026-12-02), then the stacked variants
+    variants = [(k, bf16, False) for bf16 in precisions for k in args.parallel]
+    variants.insert(1, (1, precisions[0], True))
+    for k, bf16, channels_last in variants:
+        seconds, profile = timed(lambda: path_profile(a, path, data, points=args.points, parallel_points=k,
+                                                      bf16=bf16, channels_last=channels_last),
+                                 device, args.repeats)
+        values = torch.tensor(profile.drop(columns=["t"]).to_numpy())
+        if reference is None:
+            reference, base_seconds = values, seconds
+        diff = (values - reference).abs().max().item()
+        images = args.points * (2 * data.size("train") + data.size("test"))
+        layout = "channels_last" if channels_last else "NCHW"
+        rows.append(f"| {arch} | {k} | {'bf16' if bf16 else 'fp32'}, {layout} | {seconds:.2f} | "
+                    f"{images / seconds:,.0f} | {base_seconds / seconds:.2f}x | {diff:.1e} |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                          val_fraction=0.0, device=device)
     print(f"\npath evaluation: {args.points} points, BN pass over {args.n_train} + eval of {args.n_train} train + "
           f"{args.n_test} test images per point\n")
-    print("| arch | points together | precision | seconds | images/s | speed-up | max |Δ| vs 1 point |")
+    print("| arch | points together | precision, layout | seconds | images/s | speed-up | max |Δ| vs 1 point |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for arch in args.archs:
         path_evaluation(arch, data, args, device)

@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                              "epoch this many times and keep the fastest: for noisy, shared machines")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the fp32 DataLoader baseline")
     parser.add_argument("--parallel-points", type=int, help="trial.runtime.parallel_points (default: per device)")
-    parser.add_argument("--channels-last", type=lambda v: {"true": True, "false": False}[v.lower()],
-                        help="trial.runtime.channels_last: true/false (default: per device)")
+    parser.add_argument("--channels-last", type=lambda v: {"true": True, "false": False}.get(v.lower(), v.lower()),
+                        choices=[True, False, "eval", "auto"],
+                        help="trial.runtime.channels_last: true/false/eval/auto (default: auto, per device and profile)")
     parser.add_argument("--compile", action="store_const", const=True, help="trial.runtime.compile = true")
     parser.add_argument("--cpu-bf16", type=lambda v: {"true": True, "false": False}.get(v.lower(), v.lower()),
                         choices=[True, False, "eval", "auto"],

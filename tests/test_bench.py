@@ -93,9 +93,10 @@ def test_runtime_options_bench_times_every_option_and_checks_agreement():
         capture_output=True, text=True, timeout=300, env=env, cwd=BENCH.parent, check=False)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| tinyten \| (\d+) \| fp32 \| ([\d.]+) \| [\d,]+ \| ([\d.]+)x \| ([\d.e+-]+) \|$", out, re.MULTILINE)
-    assert [r[0] for r in rows] == ["1", "4"], out
-    assert float(rows[1][3]) < 1e-4, out  # four points together give the numbers of one at a time
+    rows = re.findall(r"^\| tinyten \| (\d+) \| fp32, (NCHW|channels_last) \| ([\d.]+) \| [\d,]+ \| ([\d.]+)x \| "
+                      r"([\d.e+-]+) \|$", out, re.MULTILINE)
+    assert [r[:2] for r in rows] == [("1", "NCHW"), ("1", "channels_last"), ("4", "NCHW")], out
+    assert all(float(r[4]) < 1e-4 for r in rows[1:]), out  # same numbers as one NCHW point at a time
     options = re.findall(r"^\| tinyten \| (eager|channels_last) \| ([\d.]+) \| ([\d.]+) \|", out, re.MULTILINE)
     assert [o[0] for o in options] == ["eager", "channels_last"] and all(float(o[2]) > 0 for o in options), out
 
