@@ -5,8 +5,9 @@ training recipe: they are not part of an endpoint's identity, and a study can sw
 its stored endpoints. Their defaults are per device ("auto"), chosen from measurements recorded in
 ``bench/RESULTS.md``. On a CPU the defaults train bit for bit as the plain fp32 NCHW computation (rounding in
 training is not harmless: SGD turns a last-bit difference into other endpoints), and evaluate conv nets in
-channels_last, which only re-rounds a forward pass: barriers agree with the NCHW evaluation to ~1e-6, far
-below anything printed, and evaluation runs 1.3-1.6x faster (bench/RESULTS.md, 2026-12-02 evening).
+channels_last, which only re-rounds a forward pass: clean barriers agree with the NCHW evaluation to ~3e-7
+and robust (PGD) ones to ~2e-5, below anything printed, and evaluation runs 1.3-1.6x faster (bench/RESULTS.md,
+2026-12-02 evening).
 """
 
 from __future__ import annotations
