@@ -159,7 +159,8 @@ def test_runtime_defaults_are_per_device():
 @pytest.mark.parametrize("arch, kwargs", [("tinyten", {"width": 0.25}), ("resnet20", {"width": 0.5, "symmetry": "w_asym"})])
 def test_channels_last_evaluation_gives_the_nchw_numbers_up_to_rounding(images, arch, kwargs):
     """The default CPU evaluation of conv nets (channels_last) against the plain NCHW one, same endpoints, same
-    path: every loss and accuracy of the profile agrees to float rounding (measured: |diff| <= 3e-7), and the
+    path: every loss and accuracy of the profile agrees to float rounding (relative 1e-5: these untrained nets have
+    losses ~11; trained ones measured |diff| <= 3e-7), and the
     passes really ran in channels_last (a hook on the first conv sees its weights in that format)."""
     a, b = _pair(arch, images, **kwargs)
     path = Path(trainable_state(a), trainable_state(b), kind="linear")
@@ -175,7 +176,7 @@ def test_channels_last_evaluation_gives_the_nchw_numbers_up_to_rounding(images, 
     hook.remove()
     assert formats and all(formats)
     assert all(p.is_contiguous() for p in a.parameters())  # the caller's model is not reformatted
-    pd.testing.assert_frame_equal(nhwc, nchw, check_exact=False, rtol=0, atol=1e-5)
+    pd.testing.assert_frame_equal(nhwc, nchw, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 def test_default_cpu_trial_trains_in_nchw_and_only_evaluates_in_channels_last():
